@@ -1,0 +1,1 @@
+"""Triton kernels and their launchers. No autograd here: `torchext` wraps these in Functions."""
