@@ -1,0 +1,63 @@
+"""One figure per op: achieved GB/s vs size, a panel per (dtype, mode), providers as lines.
+
+The copy bandwidth measured in the same run is drawn as a horizontal line: the ceiling every
+memory-bound op is held against.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on the benchmark machines
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from benchmarks._harness import CPU_DEVICE_LABEL  # noqa: E402
+from benchmarks._providers import MODES, PROVIDER_TITLES  # noqa: E402
+
+PROVIDER_STYLE = {"torchext": "C0", "eager": "C1", "compile": "C2"}
+
+
+def plot_op(df: pd.DataFrame, op: str, path: Path) -> Path:
+    rows = df[df.op == op]
+    dtypes = list(dict.fromkeys(rows.dtype))
+    modes = [m for m in MODES if (rows["mode"] == m).any()]
+    copy_gbps = df[df.op == "copy"].gbps.median()
+    matvec = rows.family.eq("matvec").any()
+    x_label = "elements of X (m·k)" if matvec else "elements (n)"
+    fig, axes = plt.subplots(len(dtypes), len(modes), squeeze=False, sharex=True,
+                             figsize=(4.2 * len(modes), 3.2 * len(dtypes)))  # fmt: skip
+    legend = {}
+    for i, dtype in enumerate(dtypes):
+        for j, mode in enumerate(modes):
+            ax = axes[i][j]
+            cell = rows[(rows.dtype == dtype) & (rows["mode"] == mode)]
+            for provider, group in cell.groupby("provider", sort=False):
+                group = group.sort_values("numel")
+                (line,) = ax.plot(group.numel, group.gbps, marker="o", markersize=3,
+                                  color=PROVIDER_STYLE.get(provider))  # fmt: skip
+                legend.setdefault(PROVIDER_TITLES.get(provider, provider), line)
+            if pd.notna(copy_gbps):
+                line = ax.axhline(copy_gbps, color="black", linestyle="--", linewidth=1)
+                legend.setdefault(f"copy bandwidth ({copy_gbps:.4g} GB/s)", line)
+            ax.set_xscale("log", base=2)
+            ax.set_ylim(bottom=0)
+            ax.set_title(f"{mode}, {dtype}", fontsize=10)
+            ax.grid(True, which="major", alpha=0.3)
+            if i == len(dtypes) - 1:
+                ax.set_xlabel(x_label)
+            if j == 0:
+                ax.set_ylabel("achieved bandwidth (GB/s)")
+    device = ", ".join(rows.device_name.unique())
+    title = f"{op}: achieved bandwidth vs size on {device}"
+    if rows.device.eq(CPU_DEVICE_LABEL).any():
+        title += f"\n{CPU_DEVICE_LABEL}: smoke run, not performance figures"
+    fig.suptitle(title)
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=len(legend))
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
