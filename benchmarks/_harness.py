@@ -138,13 +138,24 @@ def gbps(n_bytes: int, ms: float) -> float:
 
 
 class ResultWriter:
-    """Appends rows to the CSV as they are measured, so a run cut short keeps what it measured."""
+    """Writes rows to the CSV as they are measured, so a run cut short keeps what it measured.
 
-    def __init__(self, path: Path, info: RunInfo):
+    With `append`, rows go after those of an earlier run of the same schema (`--resume`).
+    """
+
+    def __init__(self, path: Path, info: RunInfo, append: bool = False):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("w", newline="")
+        append = append and path.exists() and path.stat().st_size > 0
+        if append:
+            with path.open(newline="") as existing:
+                header = next(csv.reader(existing), [])
+            if tuple(header) != COLUMNS:
+                raise SystemExit(f"{path}: columns {header} are not {list(COLUMNS)}; "
+                                 "write to a new --out instead of resuming")
+        self._file = path.open("a" if append else "w", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
-        self._writer.writeheader()
+        if not append:
+            self._writer.writeheader()
         self._info = info
 
     def write(self, **row) -> None:

@@ -14,6 +14,7 @@ run whose rows say `cpu (Triton interpreter)`, never performance figures.
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import math
 import shlex
@@ -93,10 +94,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("out/bench_ops.csv"))
     p.add_argument("--copy-numel", type=_int, default=None,
                    help="fp32 elements copied to measure bandwidth (default 2^28 CUDA, 2^20 CPU)")
-    p.add_argument("--warmup-ms", type=float, default=25.0, help="do_bench warm-up (CUDA)")
-    p.add_argument("--rep-ms", type=float, default=100.0, help="do_bench repetition time (CUDA)")
+    # Half of do_bench's 25/100 ms: still >= ~20 timed reps at 2^28 elements, and the full
+    # sweep fits a GPU lease's 10-minute commands (with --deadline-s/--resume).
+    p.add_argument("--warmup-ms", type=float, default=10.0, help="do_bench warm-up (CUDA)")
+    p.add_argument("--rep-ms", type=float, default=50.0, help="do_bench repetition time (CUDA)")
     p.add_argument("--cpu-reps", type=int, default=3, help="timed repetitions on the CPU")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode (default: default)")
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="start no new (op, dtype, shape) after this many seconds; exit code 2 "
+                        "then says to run the same command again with --resume")
+    p.add_argument("--resume", action="store_true",
+                   help="append to --out, skipping (op, dtype, shape) cells it already holds "
+                        "for every requested provider and mode")
     p.add_argument("--tune", type=_tune_option, action="append", default=[],
                    help="NAME=v1,v2: sweep a keyword of the kernel launchers that accept it "
                         "(e.g. --tune block=512,1024,2048 --tune num_warps=4,8); fwd/bwd only")
@@ -258,7 +267,22 @@ def _choose(spec: str, allowed: Sequence[str], what: str) -> list[str]:
     return chosen
 
 
+def completed_cells(path: Path, providers: Sequence[str], modes: Sequence[str]) -> set[tuple]:
+    """(op, dtype, shape) cells of an earlier CSV that hold a row for every provider and mode."""
+    if not path.exists() or path.stat().st_size == 0:
+        return set()
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    have: dict[tuple, set] = {}
+    for row in rows:
+        have.setdefault((row["op"], row["dtype"], row["shape"]), set()).add(
+            (row["provider"], row["mode"]))
+    wanted = set(itertools.product(providers, modes))
+    return {cell for cell, pairs in have.items() if wanted <= pairs}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; exit code 0 done, 1 some cell failed, 2 stopped at --deadline-s."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -277,14 +301,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     shapes = args.shapes or _shapes(CUDA_SHAPES if on_cuda else CPU_SHAPES)
     if not on_cuda:
         print("note: no CUDA device: Triton interpreter smoke run; times are not performance")
+    done = completed_cells(args.out, providers, modes) if args.resume else set()
+    cells = [(case, dtype, shape) for case in select_cases(args.ops) for dtype in dtypes
+             for shape in (shapes if case.family == "matvec" else [(n,) for n in sizes])
+             if (case.name, _dtype_name(dtype), "x".join(map(str, shape))) not in done]
+    if done:
+        print(f"note: --resume: {len(done)} cell(s) already in {args.out}; {len(cells)} to go")
 
+    start = time.perf_counter()
     torch.manual_seed(0)
     command = shlex.join(["python", "-m", "benchmarks.bench_ops", *argv])
     timer = Timer(device, args.warmup_ms, args.rep_ms, args.cpu_reps)
     copy_numel = args.copy_numel or (2**28 if on_cuda else 2**20)
     copy_timing, copy_bytes = copy_bandwidth(timer, copy_numel)
     copy_rate = gbps(copy_bytes, copy_timing.ms)
-    writer = ResultWriter(args.out, run_info(device, command))
+    writer = ResultWriter(args.out, run_info(device, command), append=args.resume)
     writer.write(op="copy", family="limit", mode="fwd", provider="torch", dtype="fp32",
                  shape=str(copy_numel), numel=copy_numel, bytes=copy_bytes, ms=copy_timing.ms,
                  ms_p20=copy_timing.ms_p20, ms_p80=copy_timing.ms_p80, gbps=copy_rate,
@@ -292,18 +323,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"copy bandwidth: {copy_rate:.2f} GB/s ({copy_bytes} bytes in {copy_timing.ms:.4f} ms)")
 
     ctx = Context(device, timer, writer, copy_rate, modes, providers, args.compile_mode, args.tune)
-    start = time.perf_counter()
+    left = 0
     try:
-        for case in select_cases(args.ops):
-            for dtype in dtypes:
-                for shape in (shapes if case.family == "matvec" else [(n,) for n in sizes]):
-                    bench_shape(ctx, case, dtype, shape)
+        for i, (case, dtype, shape) in enumerate(cells):
+            if args.deadline_s is not None and time.perf_counter() - start > args.deadline_s:
+                left = len(cells) - i
+                break
+            bench_shape(ctx, case, dtype, shape)
     finally:
         writer.close()
     print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s; {len(ctx.errors)} error(s)")
     for error in ctx.errors:
         print(f"  {error}")
-    return 1 if ctx.errors else 0
+    if left:
+        print(f"deadline: {left} cell(s) not measured; run the same command with --resume")
+    return 1 if ctx.errors else 2 if left else 0
 
 
 if __name__ == "__main__":

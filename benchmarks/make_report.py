@@ -52,8 +52,12 @@ class Target:
 
 
 def load(paths: Sequence[Path]) -> pd.DataFrame:
+    """All rows; a cell measured again (a `--resume` after an error) keeps its latest row."""
     frames = [pd.read_csv(p, dtype={"shape": str}, na_values=["NA"]) for p in paths]
-    return pd.concat(frames, ignore_index=True)
+    df = pd.concat(frames, ignore_index=True)
+    copies = df.op == "copy"
+    rows = df[~copies].drop_duplicates(["op", "mode", "provider", "dtype", "shape"], keep="last")
+    return pd.concat([df[copies], rows], ignore_index=True)
 
 
 def size_text(numel: int, shape: str) -> str:

@@ -196,3 +196,19 @@ def test_tune_sweeps_launcher_block_sizes_and_refuses_wrong_results(
     expected = {"torchext[launcher]", "torchext[block=16]", "torchext[block=64]"}
     assert set(tuned.provider) == (expected if good else expected - {"torchext[block=16]"})
     assert code == (0 if good else 1)
+
+
+def test_deadline_stops_and_resume_finishes_without_remeasuring(tmp_path):
+    one_cell = ("--op", "sin", "--dtypes", "fp32", "--sizes", "16")
+    code, df = run_smoke(tmp_path, *one_cell, "--deadline-s", "0")
+    assert code == 2 and list(df.op) == ["copy"]  # stopped before the first cell
+    code, df = run_smoke(tmp_path, *one_cell, "--resume")
+    assert code == 0 and list(df.op) == ["copy", "copy"] + ["sin"] * 6
+    code, df = run_smoke(tmp_path, *one_cell, "--resume", "--dtypes", "fp32,bf16")
+    assert code == 0 and (df.op == "sin").sum() == 12  # only the bf16 cell was new
+    assert df.command.nunique() == 3
+    assert len(make_report.load([tmp_path / "smoke.csv"])) == len(df)
+    doubled = tmp_path / "doubled.csv"
+    doubled.write_text((tmp_path / "smoke.csv").read_text() + "".join(
+        (tmp_path / "smoke.csv").read_text().splitlines(keepends=True)[1:]))
+    assert len(make_report.load([doubled])) == len(df) + 3  # repeats kept once; copies all
