@@ -68,52 +68,104 @@ class Timing:
     ms_p80: float
 
 
+def _no_setup() -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Timer:
-    """Times a callable on `device`; `grad_to_none` tensors get `.grad = None` before each rep."""
+    """Times `fn` on `device`: median and 20th/80th percentiles in ms.
+
+    `grad_to_none` tensors get `.grad = None` before each repetition (no accumulation timed).
+    `setup`, when given, runs untimed before each repetition: a backward-only measurement runs
+    a fresh forward there, so no `retain_graph=True` is needed (which torch.compile refuses when
+    its backward donates saved buffers, and which would time a backward that frees nothing).
+    do_bench has no per-repetition set-up, so that case runs do_bench's own recipe here: the
+    same run-time estimate, warm-up, L2 flush before every repetition and CUDA events.
+    """
 
     device: torch.device
     warmup_ms: float = 25.0
     rep_ms: float = 100.0
     cpu_reps: int = 3
 
-    def __call__(self, fn: Callable[[], object], grad_to_none: Sequence[torch.Tensor] = ()):
-        if self.device.type == "cuda":
-            median, p20, p80 = triton.testing.do_bench(
-                fn, warmup=self.warmup_ms, rep=self.rep_ms,
-                grad_to_none=list(grad_to_none) or None, quantiles=list(QUANTILES),
-            )  # fmt: skip
-            return Timing(median, p20, p80)
-        return self._time_on_host(fn, grad_to_none)
+    def __call__(self, fn: Callable[[], object], grad_to_none: Sequence[torch.Tensor] = (),
+                 setup: Callable[[], object] | None = None) -> Timing:  # fmt: skip
+        if self.device.type != "cuda":
+            return self._time_on_host(fn, grad_to_none, setup or _no_setup)
+        if setup is not None:
+            return self._time_on_cuda_with_setup(fn, grad_to_none, setup)
+        median, p20, p80 = triton.testing.do_bench(
+            fn, warmup=self.warmup_ms, rep=self.rep_ms,
+            grad_to_none=list(grad_to_none) or None, quantiles=list(QUANTILES),
+        )  # fmt: skip
+        return Timing(median, p20, p80)
 
-    def _time_on_host(self, fn, grad_to_none) -> Timing:
+    def _time_on_host(self, fn, grad_to_none, setup) -> Timing:
+        setup()
         fn()  # warm-up: first-call costs (interpreter set-up, caches) stay out of the numbers
         times = []
         for _ in range(self.cpu_reps):
             for t in grad_to_none:
                 t.grad = None
+            setup()
             start = time.perf_counter()
             fn()
             times.append((time.perf_counter() - start) * 1e3)
-        median, p20, p80 = torch.tensor(times, dtype=torch.float64).quantile(
-            torch.tensor(QUANTILES, dtype=torch.float64)
-        )
-        return Timing(median.item(), p20.item(), p80.item())
+        return _summary(times)
+
+    def _time_on_cuda_with_setup(self, fn, grad_to_none, setup) -> Timing:
+        l2_flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device=self.device)
+
+        def repetition(flush_timed: bool = False):
+            for t in grad_to_none:
+                t.grad = None
+            setup()
+            start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+            if flush_timed:  # the estimate counts the flush, as do_bench's does
+                start.record()
+            l2_flush.zero_()
+            if not flush_timed:
+                start.record()
+            fn()
+            end.record()
+            return start, end
+
+        estimate = [repetition(flush_timed=True) for _ in range(5)]
+        torch.cuda.synchronize(self.device)
+        estimate_ms = max(sum(s.elapsed_time(e) for s, e in estimate) / len(estimate), 1e-3)
+        for _ in range(max(1, int(self.warmup_ms / estimate_ms))):
+            repetition()
+        events = [repetition() for _ in range(max(1, int(self.rep_ms / estimate_ms)))]
+        torch.cuda.synchronize(self.device)
+        return _summary([s.elapsed_time(e) for s, e in events])
 
 
-def peak_bytes(
-    fn: Callable[[], object], device: torch.device, grad_to_none: Sequence[torch.Tensor] = ()
-) -> int | None:
+L2_FLUSH_BYTES = 256 * 2**20  # what do_bench writes between repetitions: larger than any L2
+
+
+def _summary(times_ms: Sequence[float]) -> Timing:
+    median, p20, p80 = torch.tensor(times_ms, dtype=torch.float64).quantile(
+        torch.tensor(QUANTILES, dtype=torch.float64)
+    )
+    return Timing(median.item(), p20.item(), p80.item())
+
+
+def peak_bytes(fn: Callable[[], object], device: torch.device,
+               grad_to_none: Sequence[torch.Tensor] = (),
+               setup: Callable[[], object] | None = None) -> int | None:  # fmt: skip
     """Bytes allocated at the peak of one call of `fn`, above what was allocated before it.
 
-    The inputs (and, for a backward-only call, the graph the forward left) are allocated before,
-    so they are not counted; gradients, saved activations and temporaries are. None on the CPU,
-    where torch keeps no allocator statistics.
+    The inputs (and, for a backward-only call, the graph that `setup`'s forward left) are
+    allocated before, so they are not counted; gradients, saved activations and temporaries
+    are. None on the CPU, where torch keeps no allocator statistics.
     """
     if device.type != "cuda":
         return None
     for t in grad_to_none:
         t.grad = None
+    if setup is not None:
+        setup()
     torch.cuda.synchronize(device)
     baseline = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)

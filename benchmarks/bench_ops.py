@@ -161,24 +161,33 @@ def evaluate(fn: Callable, inputs: Inputs, grad: torch.Tensor | None):
 
 def check_close(expected: Sequence[torch.Tensor], actual: Sequence[torch.Tensor], what: str):
     for i, (want, got) in enumerate(zip(expected, actual, strict=True)):
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise ValueError(f"{what}: result {i} is {got.dtype} {tuple(got.shape)}, eager "
+                             f"torch gives {want.dtype} {tuple(want.shape)}")
         tol = CHECK_TOLERANCE.get(want.dtype, 5e-3)
         err = ((got.float() - want.float()).norm() / want.float().norm().clamp_min(1e-30)).item()
-        if got.shape != want.shape or not err <= tol:
+        if not err <= tol:  # also refuses NaN
             raise ValueError(f"{what}: result {i} differs from eager torch "
-                             f"(shape {tuple(got.shape)} vs {tuple(want.shape)}, "
-                             f"relative error {err:.2e}, allowed {tol:.0e})")
+                             f"(relative error {err:.2e}, allowed {tol:.0e})")
 
 
-def timed_call(mode: str, fn: Callable, inputs: Inputs, grad: torch.Tensor) -> Callable:
-    """The callable a mode times: forward (graph recorded, as in training), backward alone
-    (on one retained forward graph) or forward then backward."""
+def timed_call(mode: str, fn: Callable, inputs: Inputs, grad: torch.Tensor):
+    """(set-up, timed callable) for a mode: forward (graph recorded, as in training), backward
+    alone (after an untimed fresh forward each repetition) or forward then backward."""
     args = inputs.args
     if mode == "fwd":
-        return lambda: fn(*args)
-    if mode == "bwd":
-        out = fn(*args)
-        return lambda: out.backward(grad, retain_graph=True)
-    return lambda: fn(*args).backward(grad)
+        return None, lambda: fn(*args)
+    if mode == "fwd+bwd":
+        return None, lambda: fn(*args).backward(grad)
+    graph = []
+
+    def forward() -> None:
+        graph.append(fn(*args))
+
+    def backward() -> None:
+        graph.pop().backward(grad)
+
+    return forward, backward
 
 
 def bench_provider(ctx, case, provider, fn, inputs, grad, expected, dtype, shape) -> None:
@@ -186,11 +195,10 @@ def bench_provider(ctx, case, provider, fn, inputs, grad, expected, dtype, shape
     check_close((expected[0], *expected[1]), (out, *grads), f"{case.name}/{provider}")
     del out, grads
     for mode in ctx.modes:
-        call = timed_call(mode, fn, inputs, grad)
-        timing = ctx.timer(call, inputs.grad_inputs)
-        peak = peak_bytes(call, ctx.device, inputs.grad_inputs)
+        setup, call = timed_call(mode, fn, inputs, grad)
+        timing = ctx.timer(call, inputs.grad_inputs, setup)
+        peak = peak_bytes(call, ctx.device, inputs.grad_inputs, setup)
         record(ctx, case, mode, provider, dtype, shape, timing, peak)
-        del call
 
 
 def bench_tuned(ctx, case, inputs, grad, dtype, shape) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import pandas as pd
 import pytest
@@ -15,7 +16,8 @@ import torch
 import triton
 
 import torchext
-from benchmarks import bench_ops, make_report
+from benchmarks import _harness, bench_ops, make_report
+from benchmarks import _providers as providers
 from benchmarks._harness import COLUMNS, CPU_DEVICE_LABEL
 from benchmarks._providers import CASES, CASES_BY_NAME, MODES, LauncherCall
 from triton_kernels.runtime import compute_dtype, kernel_for
@@ -212,3 +214,72 @@ def test_deadline_stops_and_resume_finishes_without_remeasuring(tmp_path):
     doubled.write_text((tmp_path / "smoke.csv").read_text() + "".join(
         (tmp_path / "smoke.csv").read_text().splitlines(keepends=True)[1:]))
     assert len(make_report.load([doubled])) == len(df) + 3  # repeats kept once; copies all
+
+
+@pytest.mark.cuda
+def test_cuda_run_times_with_events_and_reports_peak_memory(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device: the GPU path (do_bench, peak memory) has no CPU twin")
+    out = tmp_path / "cuda.csv"
+    code = bench_ops.main(["--device", "cuda", "--sizes", "2^12", "--shapes", "64x32",
+                           "--dtypes", "fp32", "--rep-ms", "5", "--warmup-ms", "2",
+                           "--copy-numel", "2^24", "--out", str(out)])  # fmt: skip
+    df = pd.read_csv(out, dtype={"shape": str}, na_values=["NA"])
+    assert code == 0 and (df.device == "cuda").all()
+    rows = df[df.op != "copy"]
+    assert set(rows.provider) == {"torchext", "eager", "compile"}
+    assert (rows.ms > 0).all() and rows.gbps.map(math.isfinite).all()
+    assert (rows[rows["mode"] == "fwd+bwd"].peak_bytes > 0).all()  # gradients at least
+    assert df[df.op == "copy"].gbps.iloc[0] > 50  # any CUDA GPU copies faster than this
+
+
+class _HostEvent:
+    """Stands in for torch.cuda.Event so the CUDA set-up timing loop runs on the host."""
+
+    def __init__(self, enable_timing: bool = True):
+        self.at = None
+
+    def record(self) -> None:
+        self.at = time.perf_counter()
+
+    def elapsed_time(self, end: _HostEvent) -> float:
+        return (end.at - self.at) * 1e3
+
+
+def test_setup_timing_loop_times_fn_only_and_pairs_setup_with_fn(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "Event", _HostEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(_harness, "L2_FLUSH_BYTES", 1024)
+    x = torch.ones(3, requires_grad=True)
+    calls = {"setup": 0, "fn": 0}
+
+    def setup():
+        assert x.grad is None  # grads were reset before the set-up
+        calls["setup"] += 1
+        time.sleep(0.004)
+
+    def fn():
+        calls["fn"] += 1
+        x.grad = torch.zeros(3)
+        time.sleep(0.001)
+
+    timer = _harness.Timer(torch.device("cpu"), warmup_ms=2, rep_ms=10)
+    timing = timer._time_on_cuda_with_setup(fn, (x,), setup)
+    assert 0.9 <= timing.ms < 3.0  # the 4 ms set-up is not in the time
+    assert calls["setup"] == calls["fn"] >= 5 + 1 + 1
+
+
+def test_backward_mode_runs_a_fresh_forward_so_compiled_donated_buffers_work():
+    """torch.compile's least squares backward donates its saved residual: retain_graph=True
+    would raise, so each backward repetition gets its own forward."""
+    case = CASES_BY_NAME["least_squares"]
+    inputs = case.make_inputs((16, 8), torch.float32, torch.device("cpu"))
+    compiled = providers.compiled_reference(case)
+    setup, backward = bench_ops.timed_call("bwd", compiled, inputs, torch.tensor(1.0))
+    (w,) = inputs.grad_inputs
+    X, _, y = inputs.args
+    for _ in range(2):
+        w.grad = None
+        setup()
+        backward()
+        torch.testing.assert_close(w.grad, 2 * X.t() @ (X @ w.detach() - y))
