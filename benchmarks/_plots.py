@@ -27,8 +27,11 @@ def plot_op(df: pd.DataFrame, op: str, path: Path) -> Path:
     modes = [m for m in MODES if (rows["mode"] == m).any()]
     copy_gbps = df[df.op == "copy"].gbps.median()
     matvec = rows.family.eq("matvec").any()
-    x_label = "elements of X (m·k)" if matvec else "elements (n)"
-    fig, axes = plt.subplots(len(dtypes), len(modes), squeeze=False, sharex=True,
+    x_label = "shape of X (m×k), by size" if matvec else "elements (n)"
+    by_size = rows.drop_duplicates("shape").sort_values(["numel", "shape"])
+    shapes = list(by_size["shape"])
+    shape_position = {shape: i for i, shape in enumerate(shapes)}.get
+    fig, axes = plt.subplots(len(dtypes), len(modes), squeeze=False, sharex=not matvec,
                              figsize=(4.2 * len(modes), 3.2 * len(dtypes)))  # fmt: skip
     legend = {}
     for i, dtype in enumerate(dtypes):
@@ -36,14 +39,18 @@ def plot_op(df: pd.DataFrame, op: str, path: Path) -> Path:
             ax = axes[i][j]
             cell = rows[(rows.dtype == dtype) & (rows["mode"] == mode)]
             for provider, group in cell.groupby("provider", sort=False):
-                group = group.sort_values("numel")
-                (line,) = ax.plot(group.numel, group.gbps, marker="o", markersize=3,
+                x = group["shape"].map(shape_position) if matvec else group.numel
+                group = group.assign(x=x).sort_values("x")
+                (line,) = ax.plot(group.x, group.gbps, marker="o", markersize=3,
                                   color=PROVIDER_STYLE.get(provider))  # fmt: skip
                 legend.setdefault(PROVIDER_TITLES.get(provider, provider), line)
             if pd.notna(copy_gbps):
                 line = ax.axhline(copy_gbps, color="black", linestyle="--", linewidth=1)
                 legend.setdefault(f"copy bandwidth ({copy_gbps:.4g} GB/s)", line)
-            ax.set_xscale("log", base=2)
+            if matvec:  # shapes of equal numel (65536x1024, 8192x8192) get their own tick
+                ax.set_xticks(range(len(shapes)), shapes, rotation=45, fontsize=7)
+            else:
+                ax.set_xscale("log", base=2)
             ax.set_ylim(bottom=0)
             ax.set_title(f"{mode}, {dtype}", fontsize=10)
             ax.grid(True, which="major", alpha=0.3)

@@ -159,10 +159,11 @@ def results_tables(df: pd.DataFrame) -> list[str]:
         providers = list(dict.fromkeys(rows.provider))
         body = []
         for (mode, dtype), group in rows.groupby(["mode", "dtype"], sort=False):
-            largest = group[group.numel == group.numel.max()]
-            cells = {r.provider: _cell(r) for r in largest.itertuples()}
-            size = size_text(largest.numel.iloc[0], largest["shape"].iloc[0])
-            body.append([mode, dtype, size, *(cells.get(p, "—") for p in providers)])
+            largest = group[group.numel == group.numel.max()]  # 65536x1024 and 8192x8192 tie
+            for shape, cell_rows in largest.groupby("shape", sort=False):
+                cells = {r.provider: _cell(r) for r in cell_rows.itertuples()}
+                size = size_text(cell_rows.numel.iloc[0], shape)
+                body.append([mode, dtype, size, *(cells.get(p, "—") for p in providers)])
         body.sort(key=lambda r: (MODES.index(r[0]) if r[0] in MODES else 9, r[1]))
         lines += [f"### {case.name}", ""]
         lines += _table(["mode", "dtype", "size", *(PROVIDER_TITLES.get(p, p) for p in providers)],
@@ -172,7 +173,7 @@ def results_tables(df: pd.DataFrame) -> list[str]:
 
 
 def render(df: pd.DataFrame, t: Thresholds, csvs: Sequence[Path], md: Path, plots: dict,
-           command: str) -> str:  # fmt: skip
+           command: str, notes: str = "") -> str:  # fmt: skip
     copy = df[df.op == "copy"]
     on_cpu = df.device.eq(CPU_DEVICE_LABEL).any()
     lines = ["# torchext performance", "",
@@ -202,6 +203,8 @@ def render(df: pd.DataFrame, t: Thresholds, csvs: Sequence[Path], md: Path, plot
     lines += _table(["op", "family", *MODES],
                     [[c.name, c.family, *(c.bytes_formula[m] for m in MODES)] for c in CASES])
     lines += ["", "## Results at the largest size measured", ""] + results_tables(df)
+    if notes:
+        lines += ["## Notes on the results (written by whoever ran them)", "", notes.strip(), ""]
     lines += ["## Achieved bandwidth vs size", ""]
     lines += [f"![{op}]({_rel(path, md)})" for op, path in plots.items()]
     return "\n".join(lines) + "\n"
@@ -223,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--md", type=Path, default=REPO_REPORTS / "performance.md")
     p.add_argument("--plots-dir", type=Path, default=REPO_REPORTS / "performance")
     d = Thresholds()
+    p.add_argument("--notes", type=Path, default=None,
+                   help="Markdown file, e.g. the reasons for missed targets, included verbatim")
     p.add_argument("--bandwidth-numel", type=int, default=d.bandwidth_numel)
     p.add_argument("--eager-numel", type=int, default=d.eager_numel)
     p.add_argument("--ls-shape", default=d.ls_shape)
@@ -242,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             plots[case.name] = plot_op(df, case.name, args.plots_dir / f"{case.name}.png")
     command = shlex.join(["python", "-m", "benchmarks.make_report", *argv])
     args.md.parent.mkdir(parents=True, exist_ok=True)
-    args.md.write_text(render(df, t, args.csv, args.md, plots, command))
+    notes = args.notes.read_text() if args.notes else ""
+    args.md.write_text(render(df, t, args.csv, args.md, plots, command, notes))
     print(f"wrote {args.md} and {len(plots)} plot(s) in {args.plots_dir}")
     return 0
 

@@ -100,10 +100,14 @@ def test_bad_arguments_are_refused(tmp_path):
 def test_report_from_the_smoke_csv(smoke):
     tmp, _, df = smoke
     md, plots = tmp / "report" / "performance.md", tmp / "report" / "performance"
+    notes = tmp / "notes.md"
+    notes.write_text("sin misses the eager target on the CPU: the interpreter is Python.\n")
     argv = [str(tmp / "smoke.csv"), "--md", str(md), "--plots-dir", str(plots),
-            "--bandwidth-numel", "16", "--eager-numel", "16", "--ls-shape", "16x8"]
+            "--bandwidth-numel", "16", "--eager-numel", "16", "--ls-shape", "16x8",
+            "--notes", str(notes)]
     assert make_report.main(argv) == 0
     text = md.read_text()
+    assert notes.read_text().strip() in text
     assert "Not performance figures" in text and CPU_DEVICE_LABEL in text
     assert f"python -m benchmarks.make_report {' '.join(argv)}" in text
     assert df.command.iloc[0] in text and torch.__version__ in text and triton.__version__ in text
