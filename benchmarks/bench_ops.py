@@ -1,7 +1,15 @@
 """Time every torchext op against eager torch and torch.compile, beside the copy bandwidth.
 
-    python -m benchmarks.bench_ops --out reports/performance/results.csv            # CUDA
-    python -m benchmarks.bench_ops --op sin,mul --dtypes fp32 --sizes 2^20,2^24 --out r.csv
+The full GPU sweep (2^10, 2^12, ..., 2^28 elements, 3 dtypes, 3 modes, 3 providers; torch.compile
+compiles each shape afresh) takes longer than one 10-minute command, so it runs per family and
+in pieces: `--deadline-s` stops starting new cells, exit code 2 says "not finished", and the
+same command with `--resume` carries on (delete the CSV first for a fresh run):
+
+    python -m benchmarks.bench_ops --op sin,cos,mul,mul_scalar,sub --deadline-s 480 --resume \
+        --out reports/performance/elementwise.csv
+    python -m benchmarks.bench_ops --op sum,norm,dot,mv,least_squares --deadline-s 480 \
+        --resume --out reports/performance/reductions.csv
+    python -m benchmarks.make_report reports/performance/*.csv
 
 One row per (op, mode, provider, dtype, shape): median time, achieved GB/s (the op's least bytes
 moved over that time, see `_providers.py`), its fraction of the copy bandwidth measured at the
@@ -28,6 +36,7 @@ import torch
 
 from benchmarks._harness import (
     ResultWriter,
+    RunInfo,
     Timer,
     copy_bandwidth,
     gbps,
@@ -275,12 +284,20 @@ def _choose(spec: str, allowed: Sequence[str], what: str) -> list[str]:
     return chosen
 
 
-def completed_cells(path: Path, providers: Sequence[str], modes: Sequence[str]) -> set[tuple]:
-    """(op, dtype, shape) cells of an earlier CSV that hold a row for every provider and mode."""
+def completed_cells(path: Path, info: RunInfo, providers: Sequence[str],
+                    modes: Sequence[str]) -> set[tuple]:  # fmt: skip
+    """(op, dtype, shape) cells of an earlier CSV that hold a row for every provider and mode.
+
+    Refuses a CSV measured on another device: one file, one machine.
+    """
     if not path.exists() or path.stat().st_size == 0:
         return set()
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
+    others = {(r["device"], r["device_name"]) for r in rows} - {(info.device, info.device_name)}
+    if others:
+        raise SystemExit(f"bench_ops: {path} holds rows from {sorted(others)}, not "
+                         f"{info.device_name}; --resume only continues a run on the same device")
     have: dict[tuple, set] = {}
     for row in rows:
         have.setdefault((row["op"], row["dtype"], row["shape"]), set()).add(
@@ -309,7 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     shapes = args.shapes or _shapes(CUDA_SHAPES if on_cuda else CPU_SHAPES)
     if not on_cuda:
         print("note: no CUDA device: Triton interpreter smoke run; times are not performance")
-    done = completed_cells(args.out, providers, modes) if args.resume else set()
+    command = shlex.join(["python", "-m", "benchmarks.bench_ops", *argv])
+    info = run_info(device, command)
+    done = completed_cells(args.out, info, providers, modes) if args.resume else set()
     cells = [(case, dtype, shape) for case in select_cases(args.ops) for dtype in dtypes
              for shape in (shapes if case.family == "matvec" else [(n,) for n in sizes])
              if (case.name, _dtype_name(dtype), "x".join(map(str, shape))) not in done]
@@ -318,12 +337,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     torch.manual_seed(0)
-    command = shlex.join(["python", "-m", "benchmarks.bench_ops", *argv])
     timer = Timer(device, args.warmup_ms, args.rep_ms, args.cpu_reps)
     copy_numel = args.copy_numel or (2**28 if on_cuda else 2**20)
     copy_timing, copy_bytes = copy_bandwidth(timer, copy_numel)
     copy_rate = gbps(copy_bytes, copy_timing.ms)
-    writer = ResultWriter(args.out, run_info(device, command), append=args.resume)
+    writer = ResultWriter(args.out, info, append=args.resume)
     writer.write(op="copy", family="limit", mode="fwd", provider="torch", dtype="fp32",
                  shape=str(copy_numel), numel=copy_numel, bytes=copy_bytes, ms=copy_timing.ms,
                  ms_p20=copy_timing.ms_p20, ms_p80=copy_timing.ms_p80, gbps=copy_rate,

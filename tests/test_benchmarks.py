@@ -218,6 +218,10 @@ def test_deadline_stops_and_resume_finishes_without_remeasuring(tmp_path):
     doubled.write_text((tmp_path / "smoke.csv").read_text() + "".join(
         (tmp_path / "smoke.csv").read_text().splitlines(keepends=True)[1:]))
     assert len(make_report.load([doubled])) == len(df) + 3  # repeats kept once; copies all
+    elsewhere = (tmp_path / "smoke.csv").read_text().replace(CPU_DEVICE_LABEL, "cuda")
+    (tmp_path / "smoke.csv").write_text(elsewhere)
+    with pytest.raises(SystemExit, match="same device"):
+        run_smoke(tmp_path, *one_cell, "--resume")
 
 
 @pytest.mark.cuda
