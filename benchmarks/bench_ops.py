@@ -134,6 +134,12 @@ class Context:
     errors: list[str] = field(default_factory=list)
     notes: set[str] = field(default_factory=set)
 
+    def error(self, where: str, exc: Exception) -> None:
+        self.errors.append(f"{where}: {type(exc).__name__}: {exc}")
+        print(f"error: {self.errors[-1]}", flush=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # after an out-of-memory error, give the next cell room
+
     def note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.add(text)
@@ -231,8 +237,7 @@ def bench_tuned(ctx, case, inputs, grad, dtype, shape) -> None:
                 check_close((baseline,), (run(*args, **kwargs),), f"{case.name}/{label}")
                 timing = ctx.timer(lambda: run(*args, **kwargs))  # noqa: B023
             except Exception as exc:  # a bad configuration is a finding, not the end of the run
-                ctx.errors.append(f"{case.name} {mode} {label}: {exc}")
-                print(f"error: {ctx.errors[-1]}", flush=True)
+                ctx.error(f"{case.name} {mode} {label}", exc)
                 continue
             record(ctx, case, mode, label, dtype, shape, timing, None)
 
@@ -252,11 +257,8 @@ def bench_shape(ctx: Context, case: OpCase, dtype: torch.dtype, shape: tuple[int
                 fn = compiled_reference(case, ctx.compile_mode)
             bench_provider(ctx, case, provider, fn, inputs, grad, expected, dtype, shape)
         except Exception as exc:  # keep going: a long GPU run should not die on one cell
-            where = f"{case.name} {provider} {_dtype_name(dtype)} {'x'.join(map(str, shape))}"
-            ctx.errors.append(f"{where}: {type(exc).__name__}: {exc}")
-            print(f"error: {ctx.errors[-1]}", flush=True)
-            if ctx.device.type == "cuda":
-                torch.cuda.empty_cache()
+            ctx.error(f"{case.name} {provider} {_dtype_name(dtype)} {'x'.join(map(str, shape))}",
+                      exc)  # fmt: skip
     if ctx.tune:
         bench_tuned(ctx, case, inputs, grad, dtype, shape)
 
@@ -355,7 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.deadline_s is not None and time.perf_counter() - start > args.deadline_s:
                 left = len(cells) - i
                 break
-            bench_shape(ctx, case, dtype, shape)
+            try:
+                bench_shape(ctx, case, dtype, shape)
+            except Exception as exc:  # the eager reference itself failed (out of memory, say)
+                ctx.error(f"{case.name} {_dtype_name(dtype)} {'x'.join(map(str, shape))}", exc)
     finally:
         writer.close()
     print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s; {len(ctx.errors)} error(s)")

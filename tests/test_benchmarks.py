@@ -291,3 +291,12 @@ def test_backward_mode_runs_a_fresh_forward_so_compiled_donated_buffers_work():
         setup()
         backward()
         torch.testing.assert_close(w.grad, 2 * X.t() @ (X @ w.detach() - y))
+
+
+def test_a_provider_with_wrong_results_gets_no_rows(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torchext, "sin", torch.cos)  # fast and wrong
+    code, df = run_smoke(tmp_path, "--op", "sin", "--dtypes", "fp32", "--sizes", "64")
+    assert code == 1
+    assert set(df[df.op == "sin"].provider) == {"eager"}
+    assert "sin torchext fp32 64: ValueError: sin/torchext: result 0 differs" in (
+        capsys.readouterr().out)
