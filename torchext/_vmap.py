@@ -23,3 +23,24 @@ def batch_first(
         else:
             out.append(t.movedim(dim, 0))
     return tuple(out)
+
+
+def batch_first_aligned(
+    batch_size: int, in_dims: tuple[int | None, ...], *tensors: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """Batched tensors with the batch at dim 0 and padded so torch's right-aligned broadcasting
+    of the per-sample shapes still holds; unbatched tensors are left as they are.
+
+    E.g. per-sample shapes () and (3,) batched as (B,) and (3,): the first becomes (B, 1).
+    """
+    logical_ndim = max(
+        (t.dim() - (dim is not None) for t, dim in zip(tensors, in_dims, strict=True)), default=0
+    )
+    out = []
+    for t, dim in zip(tensors, in_dims, strict=True):
+        if dim is None:
+            out.append(t)
+            continue
+        t = t.movedim(dim, 0)
+        out.append(t.reshape(batch_size, *([1] * (logical_ndim - t.dim() + 1)), *t.shape[1:]))
+    return tuple(out)

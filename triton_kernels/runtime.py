@@ -7,6 +7,7 @@ very code that runs on the GPU.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -19,11 +20,58 @@ ELEMENTWISE_BLOCK = 1024
 ELEMENTWISE_WARPS = 4
 
 
-@functools.cache
-def _interpreted(kernel: triton.JITFunction):
-    from triton.runtime.interpreter import InterpretedFunction
+class _InterpretedKernel:
+    """A kernel run by Triton's interpreter on CPU tensors, `kernel[grid](...)` like the real one.
 
-    return InterpretedFunction(kernel.fn)
+    `InterpretedFunction(kernel.fn)` interprets the kernel's own body, but triton.language's
+    helpers that are themselves `@triton.jit` functions (`tl.sum`, `tl.zeros`, `tl.cdiv`, ...)
+    stay compiled-only and refuse to run. For the launch, they are swapped for interpreted
+    twins, which is what `TRITON_INTERPRET=1` does for the whole process at import time.
+    """
+
+    def __init__(self, kernel: triton.JITFunction) -> None:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        self.fn = InterpretedFunction(kernel.fn)
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            with _interpreted_language_helpers():
+                return self.fn[grid](*args, **kwargs)
+
+        return launch
+
+
+@functools.cache
+def _language_helpers() -> tuple[tuple[object, str, object, object], ...]:
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    with contextlib.suppress(ImportError):  # imports tl.standard by name; must see the originals
+        import triton.experimental.gluon.language  # noqa: F401
+    return tuple(
+        (module, name, helper, InterpretedFunction(helper.fn))
+        for module in (tl, tl.standard)
+        for name, helper in vars(module).items()
+        if isinstance(helper, JITFunction)
+    )
+
+
+@contextlib.contextmanager
+def _interpreted_language_helpers():
+    helpers = _language_helpers()
+    for module, name, _, interpreted in helpers:
+        setattr(module, name, interpreted)
+    try:
+        yield
+    finally:
+        for module, name, compiled, _ in helpers:
+            setattr(module, name, compiled)
+
+
+@functools.cache
+def _interpreted(kernel: triton.JITFunction) -> _InterpretedKernel:
+    return _InterpretedKernel(kernel)
 
 
 def kernel_for(kernel: triton.JITFunction, device: torch.device):
@@ -54,3 +102,26 @@ def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def elementwise_grid(numel: int, block: int = ELEMENTWISE_BLOCK) -> tuple[int]:
     return (triton.cdiv(numel, block),)
+
+
+def math_dtype(dtype: torch.dtype) -> tl.dtype:
+    """Like `compute_dtype`, but integer and bool results are computed exactly in int64."""
+    if dtype.is_floating_point:
+        return compute_dtype(dtype)
+    return tl.int64
+
+
+def binary_operands(
+    a: torch.Tensor, b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, bool, bool, torch.Size]:
+    """Flat operands of a broadcasting binary op, and whether each is a single broadcast value.
+
+    A one-element operand stays one element: the kernel reads it once per program through its
+    pointer (no `.item()`, so no host sync). Other broadcasts are materialised by
+    `expand(...).contiguous()`, which costs one extra copy of that operand.
+    """
+    shape = torch.broadcast_shapes(a.shape, b.shape)
+    a_scalar, b_scalar = a.numel() == 1, b.numel() == 1
+    a = a.reshape(1) if a_scalar else a.expand(shape).contiguous().view(-1)
+    b = b.reshape(1) if b_scalar else b.expand(shape).contiguous().view(-1)
+    return a, b, a_scalar, b_scalar, shape
