@@ -1,0 +1,60 @@
+"""Which `nn.Module` is running: global forward hooks keep a stack of module paths.
+
+Paths are relative to the outermost module called (the root), like `state_dict` keys:
+`encoder.layers.0.linear1`. Operators that run directly in the root's own `forward` get the
+root's class name. The forward hook is registered with `always_call=True`, so a module that
+raises still pops its path.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from torch import nn
+from torch.nn.modules.module import (
+    register_module_forward_hook,
+    register_module_forward_pre_hook,
+)
+
+
+class ModuleStack:
+    """The path of the innermost module whose forward is running ("" outside any module)."""
+
+    def __init__(self) -> None:
+        self._paths: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+        self._stack: list[str] = []
+        self.current = ""
+        self._handles: list[Any] = []
+
+    def _path_of(self, module: nn.Module) -> str:
+        path = self._paths.get(module)
+        if path is None:
+            # First time seen: name it and all its submodules relative to it.
+            for name, sub in module.named_modules():
+                if name and sub not in self._paths:
+                    self._paths[sub] = name
+            path = type(module).__name__
+            self._paths[module] = path
+        return path
+
+    def _pre(self, module: nn.Module, args: Any) -> None:
+        self._stack.append(self.current)
+        self.current = self._path_of(module)
+
+    def _post(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._stack:
+            self.current = self._stack.pop()
+
+    def start(self) -> None:
+        self._handles = [
+            register_module_forward_pre_hook(self._pre),
+            register_module_forward_hook(self._post, always_call=True),
+        ]
+
+    def stop(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._stack.clear()
+        self.current = ""

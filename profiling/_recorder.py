@@ -1,0 +1,312 @@
+"""Records one row per operator call: forward ops, custom autograd.Functions, backward nodes.
+
+- Forward aten ops: a `TorchDispatchMode`. After each op, a weak reference to its outputs lets
+  the next event find `output.grad_fn`, the node the op created, and what that node saved.
+- Custom `autograd.Function`s: `Function.apply` is wrapped for the duration of the block (and
+  restored after), so a Function's forward is one row under its class name, with the ops inside
+  it (e.g. a `torchext::...` custom op) folded into that row. Nothing public in PyTorch marks
+  where a Function's forward starts; the node it creates only shows up after it returned.
+- Backward nodes: a pre-hook on every node found. A node's row runs from its pre-hook to the
+  next node's pre-hook (or the end of the backward pass, via `queue_callback`). Post-hooks are
+  not used on purpose: a node with post-hooks keeps its incoming gradients alive until the hooks
+  ran, which would change the memory being measured.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Any
+
+import torch
+from torch.autograd.function import Function
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ._graph import NodeRegistry, is_backward_running
+from ._modules import ModuleStack
+from ._saved import SavedLedger
+from ._storage import StorageTracker
+
+Tensor = torch.Tensor
+
+# Row fields, in order (input_shapes holds raw shape tuples until the DataFrame is built).
+ROW_FIELDS = ("seq", "op", "phase", "module", "input_shapes", "dtype", "device", "output_bytes",
+              "live_bytes", "peak_bytes", "time_ms", "t_ms")
+
+
+def _tensors(values: Any) -> list[Tensor]:
+    found = []
+    for value in values:
+        if isinstance(value, Tensor):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            found.extend(v for v in value if isinstance(v, Tensor))
+    return found
+
+
+class _OpenRow:
+    """A row being measured while other ops run inside it (a Function or a backward node)."""
+
+    __slots__ = ("seq", "op", "phase", "module", "shapes", "dtype", "device", "output_bytes",
+                 "start", "peak", "kind", "graph_task")
+
+    def __init__(self, seq: int, op: str, phase: str, module: str, kind: str) -> None:
+        self.seq, self.op, self.phase, self.module, self.kind = seq, op, phase, module, kind
+        self.shapes: list[tuple[int, ...]] = []
+        self.dtype = self.device = None
+        self.output_bytes = 0
+        self.start = time.perf_counter()
+        self.peak = 0
+        self.graph_task = -1
+
+
+class _DispatchRecorder(TorchDispatchMode):
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        return self.recorder.on_op(func, args, kwargs or {})
+
+
+class Recorder:
+    """All the hooks of one profile, and the rows they produce."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.storages = StorageTracker()
+        self.ledger = SavedLedger(self.storages, self.current_seq, self.release_context)
+        self.registry = NodeRegistry(self.ledger, self._hook_node)
+        self.modules = ModuleStack()
+        self.rows: list[tuple] = []
+        self.seq = -1
+        self.started = self.stopped = False
+        self.t0 = 0.0
+        self._open: _OpenRow | None = None
+        self._nested_functions = 0
+        self._pending: tuple[int, str, list[weakref.ref]] | None = None
+        self._handles: list[Any] = []
+        self._mode = _DispatchRecorder(self)
+        self._saved_hooks = self.ledger.hooks()
+        self._original_apply = Function.__dict__["apply"]
+        self._graph_task = -1
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+        self.started = True
+        self.modules.start()
+        recorder, original = self, self._original_apply.__func__
+
+        def apply(cls, *args, **kwargs):  # noqa: ANN001, ANN202
+            row = recorder.enter_function(cls)
+            outputs = None
+            try:
+                outputs = original(cls, *args, **kwargs)
+            finally:
+                recorder.exit_function(row, outputs)
+            return outputs
+
+        apply.__wrapped__ = original  # type: ignore[attr-defined]
+        Function.apply = classmethod(apply)  # type: ignore[method-assign, assignment]
+        self._saved_hooks.__enter__()
+        self._mode.__enter__()
+
+    def stop(self) -> None:
+        """Remove every hook; close what is open. Safe to call after a failure mid-block."""
+        errors = []
+        for undo in (lambda: self._mode.__exit__(None, None, None),
+                     lambda: self._saved_hooks.__exit__(None, None, None)):
+            try:
+                undo()
+            except Exception as error:  # noqa: BLE001 - keep removing the rest
+                errors.append(error)
+        Function.apply = self._original_apply  # type: ignore[method-assign]
+        self.modules.stop()
+        self.discover_pending()
+        self._close_open_row()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.storages.stop()
+        self.stopped = True
+        if errors:
+            raise errors[0]
+
+    # ------------------------------------------------------------------ shared state
+    def current_seq(self) -> int:
+        return max(self.seq, 0)
+
+    def release_context(self) -> tuple[int, str, str]:
+        """(seq, backward node, phase) for a saved tensor the graph releases now."""
+        if self._open is not None and self._open.kind == "node" and not self.stopped:
+            return self._open.seq, self._open.op, "backward"
+        if is_backward_running():
+            node = torch._C._current_autograd_node()
+            return self.current_seq(), type(node).__name__ if node is not None else "", "backward"
+        return self.current_seq(), "", "after"
+
+    def _live(self) -> int:
+        if self.cuda:
+            return torch.cuda.memory_allocated(self.device)
+        return self.storages.live_on(self.device)
+
+    def _reset_peak(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _peak_since_reset(self, logical_peak: int) -> int:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.device)
+        return logical_peak
+
+    def _account(self, outputs: list[Tensor], inputs: list[Tensor]) -> int:
+        """Track new storages; the bytes the outputs newly allocated."""
+        track = self.storages.track
+        for tensor in inputs:
+            track(tensor, created=False)
+        new_bytes = 0
+        for tensor in outputs:
+            ref, new = track(tensor, created=True)
+            if new:
+                new_bytes += ref.nbytes
+        return new_bytes
+
+    # ------------------------------------------------------------------ forward ops
+    def on_op(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        if self._pending is not None:
+            self.discover_pending()
+        inputs = _tensors(args)
+        if kwargs:
+            inputs.extend(_tensors(kwargs.values()))
+        open_row = self._open
+        if open_row is not None or func.namespace == "profiler":
+            # folded into a Function or backward node row; record_function markers: no row
+            if open_row is None:
+                return func(*args, **kwargs)
+            for tensor in inputs:
+                self.storages.track(tensor, created=False)
+            out = func(*args, **kwargs)
+            outputs = _tensors(out if isinstance(out, (tuple, list)) else (out,))
+            open_row.output_bytes += self._account(outputs, ())
+            live = self._live()
+            if live > open_row.peak:
+                open_row.peak = live
+            return out
+        self.seq += 1
+        seq = self.seq
+        for tensor in inputs:
+            self.storages.track(tensor, created=False)
+        self._reset_peak()
+        start = time.perf_counter()
+        out = func(*args, **kwargs)
+        elapsed = time.perf_counter() - start
+        outputs = _tensors(out if isinstance(out, (tuple, list)) else (out,))
+        output_bytes = self._account(outputs, ())
+        live = self._live()
+        peak = self._peak_since_reset(live)
+        first = outputs[0] if outputs else (inputs[0] if inputs else None)
+        backward = is_backward_running()
+        module = "" if backward else self.modules.current
+        self.rows.append((
+            seq, func._name if hasattr(func, "_name") else str(func),
+            "backward" if backward else "forward", module,
+            [tuple(t.shape) for t in inputs],
+            None if first is None else first.dtype, None if first is None else first.device,
+            output_bytes, live, peak, elapsed * 1e3, (time.perf_counter() - self.t0) * 1e3,
+        ))
+        if outputs and not backward and torch.is_grad_enabled():
+            self._pending = (seq, module, [weakref.ref(t) for t in outputs])
+        return out
+
+    def discover_pending(self) -> None:
+        """Find the node the last op (or Function) created, and what it saved."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        seq, module, refs = pending
+        for ref in refs:
+            tensor = ref()
+            if tensor is not None:
+                node = tensor.grad_fn
+                if node is not None:
+                    self.registry.discover(node, seq, module)
+                    return
+
+    # ------------------------------------------------------------------ custom Functions
+    def enter_function(self, cls: type) -> _OpenRow | None:
+        if self.stopped:
+            return None
+        if self._pending is not None:
+            self.discover_pending()
+        if self._open is not None:
+            self._nested_functions += 1
+            return None
+        self.seq += 1
+        backward = is_backward_running()
+        row = _OpenRow(self.seq, cls.__name__, "backward" if backward else "forward",
+                       "" if backward else self.modules.current, "function")
+        self._reset_peak()
+        row.peak = self._live()
+        self._open = row
+        return row
+
+    def exit_function(self, row: _OpenRow | None, outputs: Any) -> None:
+        if row is None:
+            self._nested_functions = max(self._nested_functions - 1, 0)
+            return
+        if self._open is not row:
+            return  # closed by stop() already
+        self._open = None
+        tensors = _tensors(outputs if isinstance(outputs, (tuple, list)) else (outputs,))
+        if tensors:
+            row.dtype, row.device = tensors[0].dtype, tensors[0].device
+        self._finish(row)
+        if tensors and row.phase == "forward" and torch.is_grad_enabled():
+            self._pending = (row.seq, row.module, [weakref.ref(t) for t in tensors])
+
+    def _finish(self, row: _OpenRow) -> None:
+        end = time.perf_counter()
+        live = self._live()
+        peak = self._peak_since_reset(max(row.peak, live))
+        self.rows.append((row.seq, row.op, row.phase, row.module, row.shapes, row.dtype,
+                          row.device, row.output_bytes, live, peak, (end - row.start) * 1e3,
+                          (end - self.t0) * 1e3))
+
+    def _close_open_row(self) -> None:
+        if self._open is not None:
+            row, self._open = self._open, None
+            self._finish(row)
+
+    # ------------------------------------------------------------------ backward nodes
+    def _hook_node(self, node: Any, node_id: int) -> None:
+        def pre_hook(grad_outputs: tuple) -> None:
+            self.on_node(node_id, grad_outputs)
+
+        self._handles.append(node.register_prehook(pre_hook))
+
+    def on_node(self, node_id: int, grad_outputs: tuple) -> None:
+        if self._pending is not None:
+            self.discover_pending()
+        if self._open is not None and self._open.kind == "node":
+            self._close_open_row()
+        task = torch._C._current_graph_task_id()
+        if task != self._graph_task:
+            self._graph_task = task
+            torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
+        record = self.registry.nodes[node_id]
+        self.seq += 1
+        row = _OpenRow(self.seq, record.name, "backward", record.module, "node")
+        grads = [g for g in grad_outputs if isinstance(g, Tensor)]
+        row.shapes = [tuple(g.shape) for g in grads]
+        if grads:
+            row.dtype, row.device = grads[0].dtype, grads[0].device
+        self._reset_peak()
+        row.peak = self._live()
+        self._open = row
+
+    def _end_backward(self) -> None:
+        self._graph_task = -1
+        if self._open is not None and self._open.kind == "node":
+            self._close_open_row()

@@ -1,0 +1,231 @@
+"""`profile()`: what each operator saved for backward, and what memory it cost.
+
+    with profile() as prof:
+        loss = model(x).sum()
+        loss.backward(retain_graph=True)
+    prof.ops          # one row per operator call
+    prof.held_bytes   # bytes the recorded graphs hold now
+
+Works for any PyTorch code on any device; it never keeps a tensor alive, and every hook is
+removed when the block ends, also when the block raises (the partial profile is kept).
+Tables are built when first read, so the block itself only pays for cheap bookkeeping.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import platform
+import time
+from pathlib import Path
+from types import TracebackType
+
+import pandas as pd
+import torch
+
+from ._graph import AutogradGraph, build_graph, node_first_savers
+from ._leaks import find_leaks
+from ._recorder import ROW_FIELDS, Recorder
+
+OPS_COLUMNS = ["seq", "op", "phase", "module", "input_shapes", "dtype", "device",
+               "output_bytes", "saved_bytes", "saved_new_bytes", "live_bytes", "peak_bytes",
+               "time_ms"]
+LIFETIME_COLUMNS = ["storage_id", "nbytes", "saved_by", "saved_seq", "module", "freed_seq",
+                    "freed_by", "freed_phase"]
+TIMELINE_COLUMNS = ["seq", "t_ms", "phase", "op", "live_bytes"]
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
+        else torch.device("cpu")
+
+
+def _shapes_text(shapes: list[tuple[int, ...]]) -> str:
+    return ", ".join("[" + ", ".join(map(str, s)) + "]" for s in shapes)
+
+
+class Profile:
+    """The result of one `profile()` block (see the module docstring)."""
+
+    def __init__(self, device: torch.device, command: str = "") -> None:
+        self._recorder = Recorder(device)
+        self.device = device
+        self._command = command
+        self._started_at = ""
+        self._wall_ms = 0.0
+        self._cache: dict[str, object] = {}
+        self.error: BaseException | None = None
+
+    # ------------------------------------------------------------------ context manager
+    def __enter__(self) -> Profile:
+        if self._recorder.started:
+            raise RuntimeError("profile: a Profile can only be entered once")
+        self._started_at = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        self._start = time.perf_counter()
+        self._recorder.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.error = exc
+        try:
+            self._recorder.stop()
+        finally:
+            self._wall_ms = (time.perf_counter() - self._start) * 1e3
+        # returning None lets an exception from the block propagate
+
+    # ------------------------------------------------------------------ attribution
+    def _row_saves(self) -> dict[int, list[int]]:
+        """row seq -> storage ids it saved first; every saved storage belongs to one row."""
+        cached = self._cache.get("row_saves")
+        if cached is None:
+            rec = self._recorder
+            owner: dict[int, int] = {}
+            for record in rec.registry.nodes:
+                if record.row_seq is None:
+                    continue
+                for storage_id in record.saved:
+                    if owner.get(storage_id, record.row_seq + 1) > record.row_seq:
+                        owner[storage_id] = record.row_seq
+            for storage_id, entry in rec.ledger.entries.items():
+                owner.setdefault(storage_id, entry.pack_seq)  # node not found: pack window
+            cached = {}
+            for storage_id, seq in owner.items():
+                cached.setdefault(seq, []).append(storage_id)
+            self._cache["row_saves"] = cached
+        return cached  # type: ignore[return-value]
+
+    def _check_finished(self) -> None:
+        if not self._recorder.stopped:
+            raise RuntimeError("profile: read the results after the `with` block ends")
+
+    # ------------------------------------------------------------------ tables
+    @property
+    def ops(self) -> pd.DataFrame:
+        """One row per operator call (columns: see `OPS_COLUMNS`)."""
+        self._check_finished()
+        if "ops" not in self._cache:
+            entries = self._recorder.ledger.entries
+            saves = self._row_saves()
+            records = []
+            for row in sorted(self._recorder.rows, key=lambda r: r[0]):
+                fields = dict(zip(ROW_FIELDS, row, strict=True))
+                mine = saves.get(row[0], ())
+                fields["saved_bytes"] = sum(entries[s].nbytes for s in mine)
+                fields["saved_new_bytes"] = sum(entries[s].nbytes for s in mine if entries[s].new)
+                fields["input_shapes"] = _shapes_text(fields["input_shapes"])
+                fields["dtype"] = "" if fields["dtype"] is None else str(fields["dtype"])
+                fields["device"] = "" if fields["device"] is None else str(fields["device"])
+                records.append(fields)
+            frame = pd.DataFrame(records, columns=OPS_COLUMNS)
+            int_columns = ["seq", "output_bytes", "saved_bytes", "saved_new_bytes",
+                           "live_bytes", "peak_bytes"]
+            self._cache["ops"] = frame.astype({c: "int64" for c in int_columns}
+                                              | {"time_ms": "float64"})
+        return self._cache["ops"]  # type: ignore[return-value]
+
+    @property
+    def timeline(self) -> pd.DataFrame:
+        """Live bytes after each recorded event, in time order."""
+        self._check_finished()
+        rows = sorted(self._recorder.rows, key=lambda r: r[0])
+        frame = pd.DataFrame([(r[0], r[11], r[2], r[1], r[8]) for r in rows],
+                             columns=TIMELINE_COLUMNS)
+        return frame.astype({"seq": "int64", "t_ms": "float64", "live_bytes": "int64"})
+
+    @property
+    def lifetimes(self) -> pd.DataFrame:
+        """One row per saved storage: which op saved it, and when the graph released it.
+
+        `freed_*` describe the moment the autograd graph let go of the storage (its last
+        saved reference); the storage itself lives on if user code still holds the tensor.
+        """
+        self._check_finished()
+        rows_by_seq = {r[0]: r for r in self._recorder.rows}
+        records = []
+        for seq, storage_ids in self._row_saves().items():
+            row = rows_by_seq.get(seq)
+            for storage_id in storage_ids:
+                entry = self._recorder.ledger.entries[storage_id]
+                records.append((storage_id, entry.nbytes, row[1] if row else "", seq,
+                                row[3] if row else "", entry.freed_seq, entry.freed_by,
+                                entry.freed_phase))
+        frame = pd.DataFrame(sorted(records), columns=LIFETIME_COLUMNS)
+        return frame.astype({"storage_id": "int64", "nbytes": "int64", "saved_seq": "int64",
+                             "freed_seq": "Int64"})
+
+    @property
+    def graph(self) -> AutogradGraph:
+        """The recorded autograd graph (nodes with saved bytes, edges, `to_dot()`)."""
+        self._check_finished()
+        return build_graph(self._recorder.registry, node_first_savers(self._recorder.registry))
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of saved tensors that the recorded autograd graphs hold right now."""
+        return self._recorder.ledger.held_bytes
+
+    def graph_held_bytes(self, tensor: torch.Tensor) -> int:
+        """Bytes held by the part of the recorded graph reachable from `tensor.grad_fn`."""
+        registry = self._recorder.registry
+        node = tensor.grad_fn
+        node_id = None if node is None else registry.node_id(node)
+        if node_id is None:
+            return 0
+        return registry.held_bytes(registry.reachable(node_id))
+
+    def leaks(self) -> pd.DataFrame:
+        """Graphs still alive that hold saved tensors: root node, bytes held, and what holds
+        the root (a variable found in the calling frames, or "" when not found)."""
+        self._check_finished()
+        return find_leaks(self._recorder.registry, skip_frames=1)
+
+    @property
+    def meta(self) -> dict:
+        """Where and when this profile was taken, and its peak memory."""
+        device = self.device
+        if device.type == "cuda":
+            device_name = torch.cuda.get_device_name(device)
+        else:
+            device_name = platform.processor() or platform.machine() or "cpu"
+        try:
+            triton_version: str | None = importlib.metadata.version("triton")
+        except importlib.metadata.PackageNotFoundError:
+            triton_version = None
+        rows = self._recorder.rows
+        return {
+            "device": str(device),
+            "device_name": device_name,
+            "torch_version": torch.__version__,
+            "triton_version": triton_version,
+            "python": platform.python_version(),
+            "started_at": self._started_at,
+            "wall_ms": self._wall_ms,
+            "peak_bytes": max((r[9] for r in rows), default=0),
+            "command": self._command,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the report folder (CSV, JSON, Markdown, plots); see `profiling.export`."""
+        from .export import save_profile
+
+        return save_profile(self, path)
+
+    def __repr__(self) -> str:
+        state = "finished" if self._recorder.stopped else "recording"
+        return (f"Profile({state}, {len(self._recorder.rows)} ops, "
+                f"held_bytes={self.held_bytes})")
+
+
+def profile(device: str | torch.device | None = None, *, command: str = "") -> Profile:
+    """Profile the code in a `with` block.
+
+    `device` is the device whose memory `live_bytes`/`peak_bytes` report: on CUDA the caching
+    allocator's numbers, elsewhere the logical bytes of the tensor storages alive. Default:
+    the current CUDA device if CUDA is available, else the CPU. Saved bytes, `held_bytes` and
+    lifetimes cover every device either way.
+    """
+    device = _default_device() if device is None else torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return Profile(device, command=command)

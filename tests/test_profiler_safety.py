@@ -1,0 +1,148 @@
+"""The profiler adds no memory and leaves no hook behind, also when the profiled code raises."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+import torch
+from torch.autograd.function import Function
+from torch.nn.modules import module as nn_module
+
+from profiling import profile
+
+GLOBAL_MODULE_HOOKS = [name for name in dir(nn_module) if name.startswith("_global_")
+                       and name.endswith("hooks")]
+
+
+def global_hook_counts() -> dict[str, int]:
+    return {name: len(getattr(nn_module, name)) for name in GLOBAL_MODULE_HOOKS}
+
+
+def assert_no_hooks_left(before: dict[str, int]) -> None:
+    assert global_hook_counts() == before
+    assert torch._C._len_torch_dispatch_stack() == 0
+    assert torch._C._autograd._top_saved_tensors_default_hooks(False) is None
+    assert "__wrapped__" not in Function.__dict__["apply"].__func__.__dict__
+
+
+def live_tensor_bytes() -> int:
+    """Bytes of the distinct storages of every tensor the garbage collector can see, and of
+    their gradients (a `.grad` has no Python object, so no gc entry, until first read)."""
+    gc.collect()
+    storages = {}
+    for obj in gc.get_objects():
+        if type(obj) in (torch.Tensor, torch.nn.Parameter):
+            for tensor in (obj, obj.grad):
+                if tensor is not None:
+                    storage = tensor.untyped_storage()
+                    storages[storage._cdata] = storage.nbytes()
+    return sum(storages.values())
+
+
+def training_step(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    loss = model(x).square().mean()
+    loss.backward()
+    return loss.detach()
+
+
+def test_live_bytes_after_block_unchanged_and_no_hook_left():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 8))
+    x = torch.randn(16, 32)
+    training_step(model, x)  # grads exist before, so both runs end in the same state
+    hooks_before = global_hook_counts()
+    baseline_before = live_tensor_bytes()
+    unprofiled = training_step(model, x)
+    baseline_after = live_tensor_bytes()
+    with profile("cpu") as prof:
+        profiled = training_step(model, x)
+    profiled_after = live_tensor_bytes()
+    assert profiled_after - baseline_after == baseline_after - baseline_before  # the loss
+    assert_no_hooks_left(hooks_before)
+    assert len(prof.ops) > 0
+    assert unprofiled.shape == profiled.shape
+
+
+def test_profiler_does_not_keep_intermediates_alive():
+    x = torch.randn(1000, requires_grad=True)
+    with profile("cpu") as prof:
+        y = x.exp()
+        storage_of_y = weakref.ref(y.untyped_storage())
+        z = y.sin().sum()
+        z.backward()
+        del y, z
+        freed_inside = storage_of_y() is None
+    assert freed_inside
+    assert prof.held_bytes == 0
+
+
+class Boom(Exception):
+    pass
+
+
+def test_exception_inside_block_removes_hooks_keeps_partial_profile():
+    hooks_before = global_hook_counts()
+    model = torch.nn.Linear(8, 8)
+    x = torch.randn(4, 8, requires_grad=True)
+    baseline = live_tensor_bytes()
+    with pytest.raises(Boom):
+        with profile("cpu") as prof:
+            loss = model(x).relu().sum()
+            loss.backward(retain_graph=True)
+            raise Boom
+    assert_no_hooks_left(hooks_before)
+    ops = prof.ops
+    assert "aten::addmm" in set(ops.op) and "AddmmBackward0" in set(ops.op)
+    assert prof.error is not None and isinstance(prof.error, Boom)
+    assert prof.held_bytes > 0  # `loss` (still referenced) keeps its retained graph
+    del loss
+    assert prof.held_bytes == 0
+    model.weight.grad = model.bias.grad = x.grad = None  # what backward created, on purpose
+    assert live_tensor_bytes() == baseline
+
+
+def test_exception_inside_module_forward_and_backward_unwinds():
+    class Fails(torch.nn.Module):
+        def forward(self, x):
+            raise Boom
+
+    class FailsInBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise Boom
+
+    hooks_before = global_hook_counts()
+    with pytest.raises(Boom), profile("cpu"):
+        torch.nn.Sequential(torch.nn.Identity(), Fails())(torch.randn(2))
+    assert_no_hooks_left(hooks_before)
+    x = torch.randn(3, requires_grad=True)
+    with pytest.raises(Boom), profile("cpu") as prof:
+        FailsInBackward.apply(x).sum().backward()
+    assert_no_hooks_left(hooks_before)
+    assert "FailsInBackward" in set(prof.ops.op)
+
+
+def test_node_hooks_removed_backward_after_block_records_nothing():
+    x = torch.randn(100, requires_grad=True)
+    with profile("cpu") as prof:
+        loss = x.sin().cos().sum()
+    rows = len(prof._recorder.rows)
+    loss.backward()  # a pre-hook left on a node would add a row
+    assert len(prof._recorder.rows) == rows
+    assert prof.held_bytes == 0
+    # released after the block, by a backward pass the profiler no longer watches
+    assert set(prof.lifetimes.freed_phase) == {"backward"}
+
+
+def test_results_need_the_block_to_end_and_a_profile_runs_once():
+    with profile("cpu") as prof:
+        with pytest.raises(RuntimeError, match="after the `with` block"):
+            prof.ops  # noqa: B018
+    with pytest.raises(RuntimeError, match="only be entered once"), prof:
+        pass
