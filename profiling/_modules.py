@@ -9,6 +9,7 @@ raises still pops its path.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -21,7 +22,8 @@ from torch.nn.modules.module import (
 class ModuleStack:
     """The path of the innermost module whose forward is running ("" outside any module)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_new_root: Callable[[nn.Module], None]) -> None:
+        self._on_new_root = on_new_root  # accounts for the parameters of a newly seen model
         self._paths: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
         self._stack: list[str] = []
         self.current = ""
@@ -36,6 +38,7 @@ class ModuleStack:
                     self._paths[sub] = name
             path = type(module).__name__
             self._paths[module] = path
+            self._on_new_root(module)
         return path
 
     def _pre(self, module: nn.Module, args: Any) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch.autograd.function import Function
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ._graph import NodeRegistry, is_backward_running
@@ -78,7 +79,7 @@ class Recorder:
         self.storages = StorageTracker()
         self.ledger = SavedLedger(self.storages, self.current_seq, self.release_context)
         self.registry = NodeRegistry(self.ledger, self._hook_node)
-        self.modules = ModuleStack()
+        self.modules = ModuleStack(self.track_external)
         self.rows: list[tuple] = []
         self.seq = -1
         self.started = self.stopped = False
@@ -93,10 +94,37 @@ class Recorder:
         self._graph_task = -1
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> None:
+    def track_external(self, *objects: Any) -> None:
+        """Count storages that existed before the block: modules' parameters, buffers and
+        gradients, optimizers' states, tensors (nested in lists, tuples, dicts)."""
+        track = self.storages.track
+        stack = list(objects)
+        while stack:
+            obj = stack.pop()
+            if isinstance(obj, Tensor):
+                track(obj, created=False)
+                if obj.grad is not None:
+                    track(obj.grad, created=False)
+            elif isinstance(obj, torch.nn.Module):
+                stack.extend(obj.parameters())
+                stack.extend(obj.buffers())
+            elif isinstance(obj, torch.optim.Optimizer):
+                stack.extend(obj.state.values())
+            elif isinstance(obj, dict):
+                stack.extend(obj.values())
+            elif isinstance(obj, (list, tuple)):
+                stack.extend(obj)
+
+    def _optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.track_external(optimizer)
+
+    def start(self, track: tuple = ()) -> None:
         self.t0 = time.perf_counter()
         self.started = True
+        self.track_external(*track)
         self.modules.start()
+        self._handles.append(register_optimizer_step_pre_hook(
+            self._optimizer_step))
         recorder, original = self, self._original_apply.__func__
 
         def apply(cls, *args, **kwargs):  # noqa: ANN001, ANN202

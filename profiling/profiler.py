@@ -17,6 +17,7 @@ import datetime as _dt
 import importlib.metadata
 import platform
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
@@ -47,8 +48,9 @@ def _shapes_text(shapes: list[tuple[int, ...]]) -> str:
 class Profile:
     """The result of one `profile()` block (see the module docstring)."""
 
-    def __init__(self, device: torch.device, command: str = "") -> None:
+    def __init__(self, device: torch.device, command: str = "", track: tuple = ()) -> None:
         self._recorder = Recorder(device)
+        self._track = track
         self.device = device
         self._command = command
         self._started_at = ""
@@ -62,7 +64,7 @@ class Profile:
             raise RuntimeError("profile: a Profile can only be entered once")
         self._started_at = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
         self._start = time.perf_counter()
-        self._recorder.start()
+        self._recorder.start(self._track)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -193,6 +195,9 @@ class Profile:
         except importlib.metadata.PackageNotFoundError:
             triton_version = None
         rows = self._recorder.rows
+        peak = max((r[9] for r in rows), default=0)
+        if device.type != "cuda":
+            peak = max(peak, self._recorder.storages.peak.get(device, 0))
         return {
             "device": str(device),
             "device_name": device_name,
@@ -201,7 +206,7 @@ class Profile:
             "python": platform.python_version(),
             "started_at": self._started_at,
             "wall_ms": self._wall_ms,
-            "peak_bytes": max((r[9] for r in rows), default=0),
+            "peak_bytes": peak,
             "command": self._command,
         }
 
@@ -217,15 +222,21 @@ class Profile:
                 f"held_bytes={self.held_bytes})")
 
 
-def profile(device: str | torch.device | None = None, *, command: str = "") -> Profile:
+def profile(device: str | torch.device | None = None, *, command: str = "",
+            track: Iterable[object] = ()) -> Profile:
     """Profile the code in a `with` block.
 
     `device` is the device whose memory `live_bytes`/`peak_bytes` report: on CUDA the caching
     allocator's numbers, elsewhere the logical bytes of the tensor storages alive. Default:
     the current CUDA device if CUDA is available, else the CPU. Saved bytes, `held_bytes` and
     lifetimes cover every device either way.
+
+    Logical accounting counts a storage from the moment the profiler first sees it: an op
+    creates or reads it, a model it belongs to is first called, an optimizer holding it steps.
+    `track` (modules, optimizers, tensors) counts storages that existed before the block from
+    the start, like `MemTracker.track_external`. `command` is recorded in `meta`.
     """
     device = _default_device() if device is None else torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    return Profile(device, command=command)
+    return Profile(device, command=command, track=tuple(track))
