@@ -1,0 +1,80 @@
+"""`torchext.patch()` routes unchanged torch code to torchext, and nothing else."""
+
+import torch
+
+import torchext
+from tests.conftest import assert_close
+
+
+def lesson_code(x, w, X, y):
+    """Unchanged user code: every call here is one torchext implements."""
+    a = 2 * torch.dot(x, x)
+    b = (x * x).sum() + x.sum()
+    c = torch.sin(x).sum() + x.cos().sum()
+    d = x.norm() - torch.norm(x * 3)
+    e = ((torch.mv(X, w) - y) * (X.mv(w) - y)).sum()
+    return a + b + c + d + e
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
+    X = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    y = torch.randn(6, generator=g, dtype=torch.float64)
+    return x, w, X, y
+
+
+def test_patched_code_runs_on_torchext_and_matches_torch():
+    x, w, X, y = _inputs()
+    ref = lesson_code(x, w, X, y)
+    ref_grads = torch.autograd.grad(ref, (x, w))
+    with torchext.patch() as mode:
+        out = lesson_code(x, w, X, y)
+        grads = torch.autograd.grad(out, (x, w))
+    assert_close(out, ref)
+    for g, g_ref in zip(grads, ref_grads, strict=True):
+        assert_close(g, g_ref)
+    routed = set(mode.routed)
+    # `x * x`, `2 * x` and `a - b` reach the mode as Tensor.mul and Tensor.sub
+    assert {"dot", "mul", "sum", "sin", "cos", "norm", "mv", "sub"} <= routed
+
+
+def test_patched_graph_is_made_of_torchext_functions():
+    x = torch.randn(4, requires_grad=True)
+    with torchext.patch():
+        y = torch.sin(x * x).sum()
+    names = []
+    node = y.grad_fn
+    while node is not None:
+        names.append(type(node).__name__)
+        node = node.next_functions[0][0] if node.next_functions else None
+    assert names[-1] == "AccumulateGrad"
+    assert any("Sin" in n for n in names)
+    assert all(n.endswith("FunctionBackward") for n in names[:-1]), names
+
+
+def test_unsupported_calls_go_to_torch():
+    x = torch.randn(3, 4)
+    expected_sum = x.exp().double().sum()
+    with torchext.patch() as mode:
+        torch.testing.assert_close(x.norm(p=1), torch.linalg.vector_norm(x, 1))
+        torch.testing.assert_close(x.exp().sum(dtype=torch.float64), expected_sum)
+        ints = torch.arange(5)
+        assert torch.equal(ints * ints, torch.tensor([0, 1, 4, 9, 16]))
+        row_sums = x.sum(1, keepdim=True)
+        relu = x.relu()
+    assert "norm" not in mode.routed
+    assert mode.routed.get("sum") == 1  # x.sum(1, keepdim=True) did route; exp().sum(dtype=) not
+    torch.testing.assert_close(row_sums, torch.sum(x, 1, keepdim=True))
+    assert torch.equal(relu, x.clamp(min=0))
+
+
+def test_patch_is_undone_on_exit_and_on_error():
+    x = torch.randn(3, requires_grad=True)
+    try:
+        with torchext.patch():
+            raise ValueError("user code failed")
+    except ValueError:
+        pass
+    assert type(torch.sin(x).grad_fn).__name__ == "SinBackward0"
