@@ -88,6 +88,7 @@ class Timer:
     warmup_ms: float = 25.0
     rep_ms: float = 100.0
     cpu_reps: int = 3
+    host_warmup: bool = True  # off where the caller already ran fn once (bench_ops' check)
 
     def __call__(self, fn: Callable[[], object], grad_to_none: Sequence[torch.Tensor] = (),
                  setup: Callable[[], object] | None = None) -> Timing:  # fmt: skip
@@ -102,8 +103,9 @@ class Timer:
         return Timing(median, p20, p80)
 
     def _time_on_host(self, fn, grad_to_none, setup) -> Timing:
-        setup()
-        fn()  # warm-up: first-call costs (interpreter set-up, caches) stay out of the numbers
+        if self.host_warmup:  # first-call costs (interpreter set-up, caches) stay out
+            setup()
+            fn()
         times = []
         for _ in range(self.cpu_reps):
             for t in grad_to_none:
