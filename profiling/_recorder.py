@@ -29,6 +29,9 @@ from ._saved import SavedLedger
 from ._storage import StorageTracker
 
 Tensor = torch.Tensor
+_perf_counter = time.perf_counter
+_graph_task_id = torch._C._current_graph_task_id
+_grad_enabled = torch.is_grad_enabled
 
 # Row fields, in order (input_shapes holds raw shape tuples until the DataFrame is built).
 ROW_FIELDS = ("seq", "op", "phase", "module", "input_shapes", "dtype", "device", "output_bytes",
@@ -43,6 +46,12 @@ def _tensors(values: Any) -> list[Tensor]:
         elif isinstance(value, (list, tuple)):
             found.extend(v for v in value if isinstance(v, Tensor))
     return found
+
+
+def _outputs(out: Any) -> list[Tensor]:
+    if isinstance(out, Tensor):
+        return [out]
+    return _tensors(out) if isinstance(out, (tuple, list)) else []
 
 
 class _OpenRow:
@@ -86,7 +95,8 @@ class Recorder:
         self.t0 = 0.0
         self._open: _OpenRow | None = None
         self._nested_functions = 0
-        self._pending: tuple[int, str, list[weakref.ref]] | None = None
+        self._pending: tuple[int, str, weakref.ref] | None = None
+        self._op_names: dict[Any, str] = {}
         self._handles: list[Any] = []
         self._mode = _DispatchRecorder(self)
         self._saved_hooks = self.ledger.hooks()
@@ -128,7 +138,7 @@ class Recorder:
         recorder, original = self, self._original_apply.__func__
 
         def apply(cls, *args, **kwargs):  # noqa: ANN001, ANN202
-            row = recorder.enter_function(cls)
+            row = recorder.enter_function(cls, args)
             outputs = None
             try:
                 outputs = original(cls, *args, **kwargs)
@@ -178,7 +188,7 @@ class Recorder:
     def _live(self) -> int:
         if self.cuda:
             return torch.cuda.memory_allocated(self.device)
-        return self.storages.live_on(self.device)
+        return self.storages.live.get(self.device, 0)
 
     def _reset_peak(self) -> None:
         if self.cuda:
@@ -189,63 +199,62 @@ class Recorder:
             return torch.cuda.max_memory_allocated(self.device)
         return logical_peak
 
-    def _account(self, outputs: list[Tensor], inputs: list[Tensor]) -> int:
-        """Track new storages; the bytes the outputs newly allocated."""
-        track = self.storages.track
-        for tensor in inputs:
-            track(tensor, created=False)
-        new_bytes = 0
-        for tensor in outputs:
-            ref, new = track(tensor, created=True)
-            if new:
-                new_bytes += ref.nbytes
-        return new_bytes
-
     # ------------------------------------------------------------------ forward ops
     def on_op(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        # The hot path: runs for every aten op, so it binds locals and calls little.
         if self._pending is not None:
             self.discover_pending()
         inputs = _tensors(args)
         if kwargs:
             inputs.extend(_tensors(kwargs.values()))
+        track = self.storages.track
+        for tensor in inputs:
+            track(tensor, False)
         open_row = self._open
-        if open_row is not None or func.namespace == "profiler":
-            # folded into a Function or backward node row; record_function markers: no row
-            if open_row is None:
-                return func(*args, **kwargs)
-            for tensor in inputs:
-                self.storages.track(tensor, created=False)
+        if open_row is not None:  # folded into a Function or backward node row
             out = func(*args, **kwargs)
-            outputs = _tensors(out if isinstance(out, (tuple, list)) else (out,))
-            open_row.output_bytes += self._account(outputs, ())
+            for tensor in _outputs(out):
+                ref, new = track(tensor, True)
+                if new:
+                    open_row.output_bytes += ref.nbytes
             live = self._live()
             if live > open_row.peak:
                 open_row.peak = live
             return out
-        self.seq += 1
-        seq = self.seq
-        for tensor in inputs:
-            self.storages.track(tensor, created=False)
-        self._reset_peak()
-        start = time.perf_counter()
+        name = self._op_names.get(func)
+        if name is None:
+            name = self._op_names[func] = "" if func.namespace == "profiler" else func._name
+        if not name:  # record_function markers (optimizer.step): no row
+            return func(*args, **kwargs)
+        self.seq = seq = self.seq + 1
+        cuda = self.cuda
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = _perf_counter()
         out = func(*args, **kwargs)
-        elapsed = time.perf_counter() - start
-        outputs = _tensors(out if isinstance(out, (tuple, list)) else (out,))
-        output_bytes = self._account(outputs, ())
-        live = self._live()
-        peak = self._peak_since_reset(live)
+        end = _perf_counter()
+        outputs = _outputs(out)
+        output_bytes = 0
+        for tensor in outputs:
+            ref, new = track(tensor, True)
+            if new:
+                output_bytes += ref.nbytes
+        if cuda:
+            live = torch.cuda.memory_allocated(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            live = peak = self.storages.live.get(self.device, 0)
         first = outputs[0] if outputs else (inputs[0] if inputs else None)
-        backward = is_backward_running()
+        backward = _graph_task_id() != -1
         module = "" if backward else self.modules.current
         self.rows.append((
-            seq, func._name if hasattr(func, "_name") else str(func),
-            "backward" if backward else "forward", module,
-            [tuple(t.shape) for t in inputs],
-            None if first is None else first.dtype, None if first is None else first.device,
-            output_bytes, live, peak, elapsed * 1e3, (time.perf_counter() - self.t0) * 1e3,
+            seq, name, "backward" if backward else "forward", module,
+            [t.shape for t in inputs], None if first is None else first.dtype,
+            None if first is None else first.device, output_bytes, live, peak,
+            (end - start) * 1e3, (end - self.t0) * 1e3,
         ))
-        if outputs and not backward and torch.is_grad_enabled():
-            self._pending = (seq, module, [weakref.ref(t) for t in outputs])
+        if outputs and not backward and _grad_enabled():
+            self._pending = (seq, module, weakref.ref(outputs[0]))
         return out
 
     def discover_pending(self) -> None:
@@ -253,17 +262,15 @@ class Recorder:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        seq, module, refs = pending
-        for ref in refs:
-            tensor = ref()
-            if tensor is not None:
-                node = tensor.grad_fn
-                if node is not None:
-                    self.registry.discover(node, seq, module)
-                    return
+        seq, module, ref = pending
+        tensor = ref()
+        if tensor is not None:
+            node = tensor.grad_fn
+            if node is not None:
+                self.registry.discover(node, seq, module)
 
     # ------------------------------------------------------------------ custom Functions
-    def enter_function(self, cls: type) -> _OpenRow | None:
+    def enter_function(self, cls: type, args: tuple) -> _OpenRow | None:
         if self.stopped:
             return None
         if self._pending is not None:
@@ -275,6 +282,7 @@ class Recorder:
         backward = is_backward_running()
         row = _OpenRow(self.seq, cls.__name__, "backward" if backward else "forward",
                        "" if backward else self.modules.current, "function")
+        row.shapes = [t.shape for t in _tensors(args)]
         self._reset_peak()
         row.peak = self._live()
         self._open = row
@@ -292,7 +300,7 @@ class Recorder:
             row.dtype, row.device = tensors[0].dtype, tensors[0].device
         self._finish(row)
         if tensors and row.phase == "forward" and torch.is_grad_enabled():
-            self._pending = (row.seq, row.module, [weakref.ref(t) for t in tensors])
+            self._pending = (row.seq, row.module, weakref.ref(tensors[0]))
 
     def _finish(self, row: _OpenRow) -> None:
         end = time.perf_counter()

@@ -59,9 +59,6 @@ class StorageTracker:
             self.peak[device] = live
         return ref, True
 
-    def live_on(self, device: torch.device) -> int:
-        return self.live.get(device, 0)
-
     def stop(self) -> None:
         """Forget every storage: drops the weak references, so no callback fires later."""
         self._refs.clear()

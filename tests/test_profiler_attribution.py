@@ -51,7 +51,7 @@ def test_custom_function_attributed_under_its_name():
     assert row.phase == "forward"
     assert row.saved_bytes == 0  # it saved h, which exp already saved as its result
     assert row.output_bytes == 2 * n * FLOAT32  # sin(x) and the product
-    assert row.input_shapes == ""  # rows of Functions give no input shapes
+    assert row.input_shapes == f"[{n}]"
     assert ops[ops.op == "aten::exp"].saved_bytes.item() == n * FLOAT32
     backward = ops[ops.op == "ScaledSinBackward"]
     assert len(backward) == 1 and backward.phase.item() == "backward"

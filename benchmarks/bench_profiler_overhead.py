@@ -1,0 +1,165 @@
+"""Overhead of `profiling.profile` on a TransformerEncoderLayer training step, beside PyTorch's
+own memory tools, all measured in the same run:
+
+- `unprofiled`: the step alone (the baseline every ratio divides by);
+- `profiling.profile`: our profiler around the step (hooks in, step, hooks out; the tables are
+  built only when read, so `profiling.profile+ops` also times building `prof.ops`);
+- `torch.profiler`: `torch.profiler.profile(profile_memory=True, record_shapes=True)`;
+- `MemTracker`: `torch.distributed._tools.mem_tracker.MemTracker` (with `track_external`).
+
+Repetitions are interleaved (each round runs every tool once, in a rotating order) so that
+drift in the machine's speed hits all of them alike; the table gives medians and ratios.
+
+    python -m benchmarks.bench_profiler_overhead                 # CPU
+    python -m benchmarks.bench_profiler_overhead --device cuda --out overhead.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.distributed._tools.mem_tracker import MemTracker
+
+from profiling import profile
+
+COLUMNS = ("device", "device_name", "torch", "date", "command", "config", "tool", "repeats",
+           "ms", "ms_p20", "ms_p80", "ratio")
+
+
+def make_step(args: argparse.Namespace, device: torch.device):
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(args.d_model, args.nhead, args.dim_feedforward,
+                                             batch_first=True, device=device)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=1e-4)
+    x = torch.randn(args.batch, args.seq, args.d_model, device=device)
+
+    def step() -> None:
+        loss = layer(x).square().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    step()  # optimizer state exists from here on
+    return step, (layer, optimizer, x)
+
+
+def tools(step: Callable[[], None], external: tuple, device: torch.device) -> dict:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+
+    def ours() -> None:
+        with profile(device):
+            step()
+
+    def ours_with_table() -> None:
+        with profile(device) as prof:
+            step()
+        prof.ops  # noqa: B018 - building the table is part of this variant
+
+    def torch_profiler() -> None:
+        with torch.profiler.profile(activities=activities, profile_memory=True,
+                                    record_shapes=True):
+            step()
+
+    def mem_tracker() -> None:
+        tracker = MemTracker()
+        tracker.track_external(*external)
+        with tracker:
+            step()
+
+    return {"unprofiled": step, "profiling.profile": ours,
+            "profiling.profile+ops": ours_with_table, "torch.profiler": torch_profiler,
+            "MemTracker": mem_tracker}
+
+
+def measure(candidates: dict[str, Callable[[], None]], repeats: int, warmup: int,
+            device: torch.device) -> dict[str, list[float]]:
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    names = list(candidates)
+    for _ in range(warmup):
+        for name in names:
+            candidates[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            sync()
+            start = time.perf_counter()
+            candidates[name]()
+            sync()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--d-model", type=int, default=256)
+    parser.add_argument("--nhead", type=int, default=4)
+    parser.add_argument("--dim-feedforward", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="write the table as CSV here")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+
+    step, external = make_step(args, device)
+    times = measure(tools(step, external, device), args.repeats, args.warmup, device)
+    baseline = statistics.median(times["unprofiled"])
+    config = (f"TransformerEncoderLayer d_model={args.d_model} nhead={args.nhead} "
+              f"ff={args.dim_feedforward} batch={args.batch} seq={args.seq}, Adam step")
+    device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else platform.processor() or platform.machine())
+    info = {"device": str(device), "device_name": device_name, "torch": torch.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": shlex.join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+            "config": config}
+    rows = []
+    for tool, samples in times.items():
+        median = statistics.median(samples)
+        rows.append(info | {"tool": tool, "repeats": len(samples), "ms": round(median, 3),
+                            "ms_p20": round(quantile(samples, 0.2), 3),
+                            "ms_p80": round(quantile(samples, 0.8), 3),
+                            "ratio": round(median / baseline, 3)})
+
+    print(f"{config} on {device} ({device_name}), torch {torch.__version__}, "
+          f"{args.repeats} interleaved repeats")
+    print(f"{'tool':<24}{'median ms':>12}{'p20':>10}{'p80':>10}{'x unprofiled':>14}")
+    for row in rows:
+        print(f"{row['tool']:<24}{row['ms']:>12.2f}{row['ms_p20']:>10.2f}{row['ms_p80']:>10.2f}"
+              f"{row['ratio']:>14.2f}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

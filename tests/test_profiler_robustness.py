@@ -1,0 +1,87 @@
+"""Any PyTorch code: checkpointing, in-place ops, no_grad, old graphs, gradients unchanged."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from profiling import profile
+
+FLOAT32 = 4
+
+
+def sin_chain(x: torch.Tensor, k: int = 4) -> torch.Tensor:
+    for _ in range(k):
+        x = torch.sin(x)
+    return x
+
+
+def test_checkpoint_saves_only_its_input():
+    n = 1000
+    x = torch.randn(n, requires_grad=True)
+    with profile("cpu") as plain:
+        sin_chain(x).sum().backward()
+    with profile("cpu") as checkpointed:
+        loss = checkpoint(sin_chain, x, use_reentrant=False).sum()
+        held = checkpointed.held_bytes
+        loss.backward()
+    assert plain.ops.saved_bytes.sum() == 4 * n * FLOAT32
+    assert checkpointed.ops.saved_bytes.sum() == held == n * FLOAT32
+    # the recomputation runs inside the backward node that needs it
+    assert (checkpointed.ops.op == "SinBackward0").sum() == 4
+    assert checkpointed.held_bytes == 0
+
+
+def test_gradients_unchanged_by_profiling():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 20), torch.nn.Tanh(), torch.nn.Linear(20, 3))
+    x = torch.randn(5, 12, requires_grad=True)
+    model(x).pow(2).sum().backward()
+    expected = [p.grad.clone() for p in model.parameters()] + [x.grad.clone()]
+    model.zero_grad()
+    x.grad = None
+    with profile("cpu"):
+        model(x).pow(2).sum().backward()
+    actual = [p.grad for p in model.parameters()] + [x.grad]
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=0, atol=0)
+
+
+def test_in_place_and_multi_output_ops():
+    x = torch.randn(8, 16, requires_grad=True)
+    with profile("cpu") as prof:
+        h = x * 1.5
+        h.relu_()  # in place: ReluBackward0 saves the result, h's storage
+        values, indices = h.max(dim=1)  # two outputs, one differentiable
+        loss = values.sum()
+        loss.backward()
+    ops = prof.ops.set_index("op")
+    assert ops.loc["aten::relu_", "saved_bytes"] == 8 * 16 * FLOAT32
+    assert ops.loc["aten::relu_", "output_bytes"] == 0
+    assert ops.loc["aten::max.dim", "output_bytes"] == 8 * FLOAT32 + 8 * 8  # float + int64
+    assert ops.loc["aten::max.dim", "saved_bytes"] == 8 * 8  # MaxBackward0 saves the indices
+    assert prof.held_bytes == 0
+
+
+def test_no_grad_saves_nothing_and_old_graphs_backward():
+    x = torch.randn(100, requires_grad=True)
+    old_graph = sin_chain(x).sum()  # built before the block: its saved tensors are not ours
+    with profile("cpu") as prof:
+        with torch.no_grad():
+            y = torch.sin(x) * 2
+        old_graph.backward()
+    ops = prof.ops
+    assert ops.saved_bytes.sum() == 0 and prof.held_bytes == 0
+    assert set(ops[ops.phase == "backward"].op) >= {"aten::cos", "aten::mul.Tensor"}
+    assert len(prof.graph.nodes) == 0
+    assert y.shape == x.shape
+
+
+def test_profile_reports_seq_in_order_and_meta():
+    with profile("cpu", command="python train.py") as prof:
+        torch.ones(3).add(1)
+    assert prof.ops.seq.tolist() == list(range(len(prof.ops)))
+    meta = prof.meta
+    assert meta["device"] == "cpu" and meta["command"] == "python train.py"
+    assert meta["torch_version"] == torch.__version__ and meta["wall_ms"] > 0
+    assert set(meta) >= {"device_name", "triton_version", "python", "started_at", "peak_bytes"}
