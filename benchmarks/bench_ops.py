@@ -216,6 +216,10 @@ def bench_provider(ctx, case, provider, fn, inputs, grad, expected, dtype, shape
         record(ctx, case, mode, provider, dtype, shape, timing, peak)
 
 
+def _tensors(out) -> tuple[torch.Tensor, ...]:
+    return out if isinstance(out, tuple) else (out,)
+
+
 def bench_tuned(ctx, case, inputs, grad, dtype, shape) -> None:
     """Sweep launcher keywords (`--tune`) on launchers that accept them, against their defaults."""
     names = [name for name, _ in ctx.tune]
@@ -227,14 +231,14 @@ def bench_tuned(ctx, case, inputs, grad, dtype, shape) -> None:
             ctx.note(f"--tune: {case.name} {mode}: {where}; not tuned")
             continue
         run, args = launcher.resolve(), launcher.arguments(inputs, grad)
-        baseline = run(*args)
+        baseline = _tensors(run(*args))
         timing = ctx.timer(lambda: run(*args))  # noqa: B023 (called before the loop moves on)
         record(ctx, case, mode, "torchext[launcher]", dtype, shape, timing, None)
         for values in itertools.product(*(vals for _, vals in ctx.tune)):
             kwargs = dict(zip(names, values, strict=True))
             label = "torchext[" + ",".join(f"{k}={v}" for k, v in kwargs.items()) + "]"
             try:
-                check_close((baseline,), (run(*args, **kwargs),), f"{case.name}/{label}")
+                check_close(baseline, _tensors(run(*args, **kwargs)), f"{case.name}/{label}")
                 timing = ctx.timer(lambda: run(*args, **kwargs))  # noqa: B023
             except Exception as exc:  # a bad configuration is a finding, not the end of the run
                 ctx.error(f"{case.name} {mode} {label}", exc)

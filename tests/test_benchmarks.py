@@ -298,3 +298,18 @@ def test_a_provider_with_wrong_results_gets_no_rows(tmp_path, monkeypatch, capsy
     assert set(df[df.op == "sin"].provider) == {"eager"}
     assert "sin torchext fp32 64: ValueError: sin/torchext: result 0 differs" in (
         capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.launchers], ids=lambda c: c.name)
+def test_wired_launchers_compute_the_op(case):
+    """--tune calls these launchers directly: their arguments must stay what they take."""
+    shape = (8, 4) if case.family == "matvec" else (40,)
+    inputs = case.make_inputs(shape, torch.float32, torch.device("cpu"))
+    out = case.reference(*inputs.args)
+    grad = torch.randn_like(out)
+    expected = {"fwd": out.detach()}
+    if "bwd" in case.launchers:
+        expected["bwd"] = torch.autograd.grad(out, inputs.grad_inputs, grad)[0]
+    for mode, launcher in case.launchers.items():
+        got = bench_ops._tensors(launcher.resolve()(*launcher.arguments(inputs, grad)))[0]
+        torch.testing.assert_close(got.reshape(expected[mode].shape), expected[mode])
