@@ -11,7 +11,6 @@ What a node saved is read through its `_saved_*` accessors (or `saved_tensors` f
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
@@ -48,13 +47,18 @@ class _NodeToken:
         self.registry.alive.discard(self.node_id)
 
 
-@dataclass
 class NodeRecord:
-    node_id: int
-    name: str
-    module: str
-    row_seq: int | None  # the operator row that created the node (None: found by the walk)
-    saved: list[int] = field(default_factory=list)  # storage ids, in save order
+    """What the profiler knows about one node (never the node itself)."""
+
+    __slots__ = ("node_id", "name", "module", "row_seq", "saved")
+
+    def __init__(self, node_id: int, name: str, module: str, row_seq: int | None,
+                 saved: tuple[int, ...]) -> None:
+        self.node_id = node_id
+        self.name = name
+        self.module = module
+        self.row_seq = row_seq  # the operator row that created the node (None: found by walk)
+        self.saved = saved  # storage ids of what it saved, in save order
 
 
 class NodeRegistry:
@@ -72,47 +76,54 @@ class NodeRegistry:
         token = node.metadata.get(self.key)  # type: ignore[attr-defined]
         return None if token is None else token.node_id
 
-    def _tag(self, node: object, row_seq: int | None, module: str) -> int:
-        node_id = len(self.nodes)
-        node.metadata[self.key] = _NodeToken(self, node_id)  # type: ignore[attr-defined]
-        self.alive.add(node_id)
-        record = NodeRecord(node_id, type(node).__name__, module, row_seq)
-        self.nodes.append(record)
+    def _saved_by(self, node: object) -> tuple[int, ...]:
+        names = saved_attributes(type(node))
+        if not names:
+            return ()
         captured: list = []
         self.ledger.capturing = captured
         try:
-            for attr in saved_attributes(type(node)):
+            for attr in names:
                 try:
                     getattr(node, attr)
                 except RuntimeError:
                     pass  # already freed, or modified in place since: nothing to read
         finally:
             self.ledger.capturing = None
-        seen = set()
-        for entry in captured:
-            if entry.storage_id not in seen:
-                seen.add(entry.storage_id)
-                record.saved.append(entry.storage_id)
+        return tuple(dict.fromkeys(entry.storage_id for entry in captured))
+
+    def _tag(self, node: object, metadata: dict, row_seq: int | None, module: str) -> int:
+        node_id = len(self.nodes)
+        metadata[self.key] = _NodeToken(self, node_id)
+        self.alive.add(node_id)
+        self.nodes.append(NodeRecord(node_id, type(node).__name__, module, row_seq,
+                                     self._saved_by(node)))
         self.on_new_node(node, node_id)
         return node_id
 
     def discover(self, node: object, row_seq: int | None, module: str) -> int:
         """Tag `node` (created by row `row_seq`) and every untagged node reachable from it."""
-        known = self.node_id(node)
-        if known is not None:
-            return known
-        root_id = self._tag(node, row_seq, module)
+        key = self.key
+        metadata = node.metadata  # type: ignore[attr-defined]
+        token = metadata.get(key)
+        if token is not None:
+            return token.node_id
+        root_id = self._tag(node, metadata, row_seq, module)
         stack = [(node, root_id)]
+        edges = self.edges
         while stack:
             parent, parent_id = stack.pop()
             for child, _ in parent.next_functions:  # type: ignore[attr-defined]
                 if child is None:
                     continue
-                child_id = self.node_id(child)
-                if child_id is None:
-                    child_id = self._tag(child, None, module)
+                metadata = child.metadata
+                token = metadata.get(key)
+                if token is None:
+                    child_id = self._tag(child, metadata, None, module)
                     stack.append((child, child_id))
-                self.edges.append((parent_id, child_id))
+                else:
+                    child_id = token.node_id
+                edges.append((parent_id, child_id))
         return root_id
 
     def roots(self) -> list[int]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from functools import partial
 from typing import Any
 
 import torch
@@ -107,14 +108,14 @@ class Recorder:
     def track_external(self, *objects: Any) -> None:
         """Count storages that existed before the block: modules' parameters, buffers and
         gradients, optimizers' states, tensors (nested in lists, tuples, dicts)."""
-        track = self.storages.track
+        tensors: list[Tensor] = []
         stack = list(objects)
         while stack:
             obj = stack.pop()
             if isinstance(obj, Tensor):
-                track(obj, created=False)
+                tensors.append(obj)
                 if obj.grad is not None:
-                    track(obj.grad, created=False)
+                    tensors.append(obj.grad)
             elif isinstance(obj, torch.nn.Module):
                 stack.extend(obj.parameters())
                 stack.extend(obj.buffers())
@@ -124,6 +125,7 @@ class Recorder:
                 stack.extend(obj.values())
             elif isinstance(obj, (list, tuple)):
                 stack.extend(obj)
+        self.storages.track_all(tensors, False)
 
     def _optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.track_external(optimizer)
@@ -207,16 +209,13 @@ class Recorder:
         inputs = _tensors(args)
         if kwargs:
             inputs.extend(_tensors(kwargs.values()))
-        track = self.storages.track
-        for tensor in inputs:
-            track(tensor, False)
+        storages = self.storages
         open_row = self._open
+        if inputs and (open_row is None or open_row.kind != "node"):
+            storages.track_all(inputs, False)  # in backward, inputs are known already
         if open_row is not None:  # folded into a Function or backward node row
             out = func(*args, **kwargs)
-            for tensor in _outputs(out):
-                ref, new = track(tensor, True)
-                if new:
-                    open_row.output_bytes += ref.nbytes
+            open_row.output_bytes += storages.track_all(_outputs(out), True)
             live = self._live()
             if live > open_row.peak:
                 open_row.peak = live
@@ -234,22 +233,18 @@ class Recorder:
         out = func(*args, **kwargs)
         end = _perf_counter()
         outputs = _outputs(out)
-        output_bytes = 0
-        for tensor in outputs:
-            ref, new = track(tensor, True)
-            if new:
-                output_bytes += ref.nbytes
+        output_bytes = storages.track_all(outputs, True) if outputs else 0
         if cuda:
             live = torch.cuda.memory_allocated(self.device)
             peak = torch.cuda.max_memory_allocated(self.device)
         else:
-            live = peak = self.storages.live.get(self.device, 0)
+            live = peak = storages.live.get(self.device, 0)
         first = outputs[0] if outputs else (inputs[0] if inputs else None)
         backward = _graph_task_id() != -1
         module = "" if backward else self.modules.current
         self.rows.append((
             seq, name, "backward" if backward else "forward", module,
-            [t.shape for t in inputs], None if first is None else first.dtype,
+            tuple([tuple(t.shape) for t in inputs]), None if first is None else first.dtype,
             None if first is None else first.device, output_bytes, live, peak,
             (end - start) * 1e3, (end - self.t0) * 1e3,
         ))
@@ -317,10 +312,7 @@ class Recorder:
 
     # ------------------------------------------------------------------ backward nodes
     def _hook_node(self, node: Any, node_id: int) -> None:
-        def pre_hook(grad_outputs: tuple) -> None:
-            self.on_node(node_id, grad_outputs)
-
-        self._handles.append(node.register_prehook(pre_hook))
+        self._handles.append(node.register_prehook(partial(self.on_node, node_id)))
 
     def on_node(self, node_id: int, grad_outputs: tuple) -> None:
         if self._pending is not None:

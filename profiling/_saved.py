@@ -67,7 +67,7 @@ class SavedLedger:
         self._release_context = release_context
 
     def pack(self, tensor: torch.Tensor) -> object:
-        ref, _ = self.storages.track(tensor, created=False)
+        ref = self.storages.track(tensor, created=False)
         if ref is None:
             return tensor  # no storage to account for: save as autograd would
         entry = self.entries.get(ref.storage_id)

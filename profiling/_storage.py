@@ -24,41 +24,55 @@ class StorageTracker:
     """Live and peak bytes of the storages seen, per device, updated as storages are freed."""
 
     def __init__(self) -> None:
-        self._refs: dict[int, _StorageRef] = {}  # StorageImpl address -> weak ref (while alive)
+        self.refs: dict[int, _StorageRef] = {}  # StorageImpl address -> weak ref (while alive)
         self._next_id = 0
         self.live: dict[torch.device, int] = {}
         self.peak: dict[torch.device, int] = {}
+        self._callback = self._on_free
 
     def _on_free(self, ref: _StorageRef) -> None:
-        if self._refs.get(ref.address) is ref:
-            del self._refs[ref.address]
+        if self.refs.get(ref.address) is ref:
+            del self.refs[ref.address]
         self.live[ref.device] -= ref.nbytes
 
-    def track(self, tensor: torch.Tensor, created: bool) -> tuple[_StorageRef | None, bool]:
-        """The record of `tensor`'s storage, tracking it if new; also whether it was new."""
-        try:
-            storage = tensor.untyped_storage()
-        except (RuntimeError, NotImplementedError, TypeError):
-            return None, False  # tensors without storage (subclasses, sparse, nested)
-        address = storage._cdata
-        ref = self._refs.get(address)
-        if ref is not None:
-            return ref, False
-        ref = _StorageRef(storage, self._on_free)
+    def _add(self, storage: torch.UntypedStorage, address: int, created: bool) -> _StorageRef:
+        ref = _StorageRef(storage, self._callback)
         ref.address = address
         ref.storage_id = self._next_id
         self._next_id += 1
-        ref.nbytes = storage.nbytes()
-        device = storage.device
-        ref.device = device
+        ref.nbytes = nbytes = storage.nbytes()
+        ref.device = device = storage.device
         ref.created_in_block = created
-        self._refs[address] = ref
-        live = self.live.get(device, 0) + ref.nbytes
+        self.refs[address] = ref
+        live = self.live.get(device, 0) + nbytes
         self.live[device] = live
         if live > self.peak.get(device, 0):
             self.peak[device] = live
-        return ref, True
+        return ref
+
+    def track(self, tensor: torch.Tensor, created: bool) -> _StorageRef | None:
+        """The record of `tensor`'s storage, tracking it if new (None: it has no storage)."""
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError, TypeError):
+            return None  # tensors without storage (subclasses, sparse, nested)
+        address = storage._cdata
+        ref = self.refs.get(address)
+        return ref if ref is not None else self._add(storage, address, created)
+
+    def track_all(self, tensors: list[torch.Tensor], created: bool) -> int:
+        """Track each tensor's storage; the bytes of those not seen before."""
+        refs, new_bytes = self.refs, 0
+        for tensor in tensors:
+            try:
+                storage = tensor.untyped_storage()
+            except (RuntimeError, NotImplementedError, TypeError):
+                continue
+            address = storage._cdata
+            if address not in refs:
+                new_bytes += self._add(storage, address, created).nbytes
+        return new_bytes
 
     def stop(self) -> None:
         """Forget every storage: drops the weak references, so no callback fires later."""
-        self._refs.clear()
+        self.refs.clear()
