@@ -262,7 +262,7 @@ def test_setup_timing_loop_times_fn_only_and_pairs_setup_with_fn(monkeypatch):
     def setup():
         assert x.grad is None  # grads were reset before the set-up
         calls["setup"] += 1
-        time.sleep(0.004)
+        time.sleep(0.03)
 
     def fn():
         calls["fn"] += 1
@@ -271,7 +271,7 @@ def test_setup_timing_loop_times_fn_only_and_pairs_setup_with_fn(monkeypatch):
 
     timer = _harness.Timer(torch.device("cpu"), warmup_ms=2, rep_ms=10)
     timing = timer._time_on_cuda_with_setup(fn, (x,), setup)
-    assert 0.9 <= timing.ms < 3.0  # the 4 ms set-up is not in the time
+    assert 0.9 <= timing.ms < 20  # the 30 ms set-up is not in the time (slack for load)
     assert calls["setup"] == calls["fn"] >= 5 + 1 + 1
 
 
