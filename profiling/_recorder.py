@@ -101,7 +101,7 @@ class Recorder:
         self._handles: list[Any] = []
         self._mode = _DispatchRecorder(self)
         self._saved_hooks = self.ledger.hooks()
-        self._original_apply = Function.__dict__["apply"]
+        self._original_apply: Any = None
         self._graph_task = -1
 
     # ------------------------------------------------------------------ lifecycle
@@ -137,6 +137,7 @@ class Recorder:
         self.modules.start()
         self._handles.append(register_optimizer_step_pre_hook(
             self._optimizer_step))
+        self._original_apply = Function.__dict__["apply"]
         recorder, original = self, self._original_apply.__func__
 
         def apply(cls, *args, **kwargs):  # noqa: ANN001, ANN202
@@ -157,20 +158,22 @@ class Recorder:
         """Remove every hook; close what is open. Safe to call after a failure mid-block."""
         errors = []
         for undo in (lambda: self._mode.__exit__(None, None, None),
-                     lambda: self._saved_hooks.__exit__(None, None, None)):
+                     lambda: self._saved_hooks.__exit__(None, None, None),
+                     self.modules.stop):
             try:
                 undo()
             except Exception as error:  # noqa: BLE001 - keep removing the rest
                 errors.append(error)
         Function.apply = self._original_apply  # type: ignore[method-assign]
-        self.modules.stop()
-        self.discover_pending()
-        self._close_open_row()
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self.storages.stop()
-        self.stopped = True
+        self.stopped = True  # from here on no hook gets registered
+        try:
+            self.discover_pending()  # the last op's node: tagged, not hooked
+            self._close_open_row()
+        finally:
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+            self.storages.stop()
         if errors:
             raise errors[0]
 
@@ -312,7 +315,8 @@ class Recorder:
 
     # ------------------------------------------------------------------ backward nodes
     def _hook_node(self, node: Any, node_id: int) -> None:
-        self._handles.append(node.register_prehook(partial(self.on_node, node_id)))
+        if not self.stopped:
+            self._handles.append(node.register_prehook(partial(self.on_node, node_id)))
 
     def on_node(self, node_id: int, grad_outputs: tuple) -> None:
         if self._pending is not None:
