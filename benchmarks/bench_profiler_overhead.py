@@ -120,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", type=Path, help="write the table as CSV here")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -130,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     times = measure(tools(step, external, device), args.repeats, args.warmup, device)
     baseline = statistics.median(times["unprofiled"])
     config = (f"TransformerEncoderLayer d_model={args.d_model} nhead={args.nhead} "
-              f"ff={args.dim_feedforward} batch={args.batch} seq={args.seq}, Adam step")
+              f"ff={args.dim_feedforward} batch={args.batch} seq={args.seq}, Adam step, "
+              f"{torch.get_num_threads()} threads")
     device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else platform.processor() or platform.machine())
     info = {"device": str(device), "device_name": device_name, "torch": torch.__version__,
