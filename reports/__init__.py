@@ -1,0 +1,1 @@
+"""Generated studies of what autograd costs: `python -m reports.generate --quick`."""

@@ -1,0 +1,184 @@
+"""The report generator: a tiny run of every study, checked against what is known exactly."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from reports import generate
+from reports.studies import STUDIES
+from torchext import examples
+
+FLOAT32 = 4
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    """One tiny run of every study on the CPU (about half a minute)."""
+    folder = tmp_path_factory.mktemp("reports")
+    assert generate.main(["--device", "cpu", "--size", "tiny", "--out", str(folder)]) == 0
+    return folder
+
+
+def csv(out: Path, study: str, name: str) -> pd.DataFrame:
+    return pd.read_csv(out / study / f"{name}.csv")
+
+
+def test_every_page_opens_with_an_answer_and_its_files_exist(out: Path):
+    for study in STUDIES:
+        text = (out / f"{study}.md").read_text(encoding="utf-8")
+        lines = text.splitlines()
+        assert lines[0].startswith("# ")
+        answer = lines[2]
+        assert answer.startswith("**Answer.** ") and re.search(r"\d", answer), study
+        assert "Command: `python -m reports.generate --device cpu --size tiny" in text
+        linked = re.findall(r"\]\((" + study + r"/[^)]+)\)", text)
+        assert any(p.endswith(".png") for p in linked) and any(p.endswith(".csv") for p in linked)
+        for path in linked:
+            assert (out / path).is_file(), path
+            if path.endswith(".png"):
+                assert (out / path).stat().st_size < 300_000
+
+
+def test_index_lists_every_study_with_device_versions_and_command(out: Path):
+    index = (out / "README.md").read_text(encoding="utf-8")
+    assert f"torch {torch.__version__}" in index and "triton " in index
+    assert "- Device: cpu, " in index and "- Date: " in index
+    assert "- Command: `python -m reports.generate --device cpu --size tiny --out " in index
+    for study in STUDIES:
+        assert f"]({study}.md)" in index
+
+
+def test_retained_bytes_are_the_graphs_saved_bytes(out: Path):
+    for name in ("depth_batch", "models"):
+        frame = csv(out, "retain_graph", name)
+        assert (frame.held_after_retain_bytes == frame.graph_saved_bytes).all()
+        assert (frame.held_after_plain_bytes == 0).all()
+        assert (frame.graph_saved_bytes > 0).all()
+    depth = csv(out, "retain_graph", "depth_batch").query("sweep == 'depth'")
+    assert depth.held_after_retain_bytes.is_monotonic_increasing
+
+
+def test_two_losses_same_gradients_and_the_second_backward_error(out: Path):
+    losses = csv(out, "retain_graph", "two_losses").set_index("code")
+    separate = losses.loc["l1.backward(retain_graph=True); l2.backward()"]
+    summed = losses.loc["(l1 + l2).backward()"]
+    assert summed.backward_nodes_run < separate.backward_nodes_run
+    assert summed.held_after_backward_bytes == 0 < separate.held_after_backward_bytes
+    assert (losses.max_grad_difference < 1e-5).all()
+    twice = csv(out, "retain_graph", "backward_twice").set_index("code")
+    assert twice.loc["l1.backward(); l2.backward()", "result"].startswith(
+        "RuntimeError: Trying to backward through the graph a second time")
+    assert (twice.drop(index="l1.backward(); l2.backward()").result == "ok").all()
+
+
+def test_detach_leak_grows_by_one_graph_per_iteration_and_is_named(out: Path):
+    summary = csv(out, "detach", "accumulation").set_index("code")
+    leak = summary.loc["eval loop: total += loss"]
+    one_graph = leak.one_step_graph_new_bytes
+    assert one_graph > 0
+    per_iteration = csv(out, "detach", "held_per_iteration")
+    held = per_iteration[per_iteration.code == "eval loop: total += loss"].held_bytes.tolist()
+    growth = [b - a for a, b in zip(held, held[1:], strict=False)]
+    assert growth and all(g == one_graph for g in growth)  # parameters count once, in step 1
+    for fixed in ("eval loop: total += loss.detach()", "eval loop: total += loss.item()",
+                  "train loop: total += loss.item()"):
+        assert summary.loc[fixed, "held_after_loop_bytes"] == 0
+        assert summary.loc[fixed, "graph_nodes_alive"] == 0
+    # With a backward per step the saved tensors are freed, but the graph nodes stay.
+    train = summary.loc["train loop: total += loss"]
+    assert train.held_after_loop_bytes == 0 and train.graph_nodes_alive > 0
+    leaks = csv(out, "detach", "leaks")
+    assert leaks.code.tolist() == ["eval loop: total += loss"]
+    assert "'total_loss'" in leaks.holder.item()
+    assert leaks.held_bytes.item() == leak.held_after_loop_bytes
+
+
+def test_detach_bptt_gan_and_frozen_backbone(out: Path):
+    bptt = csv(out, "detach", "truncated_bptt")
+    cut = bptt[bptt["state between chunks"] == "detach()"]
+    carried = bptt[bptt["state between chunks"] == "carried"]
+    assert (cut.held_after_bytes == 0).all()
+    assert carried.held_after_bytes.is_monotonic_increasing
+    assert carried.peak_bytes.iloc[-1] > cut.peak_bytes.iloc[-1]
+    gan = csv(out, "detach", "gan_step").set_index("code")
+    assert 0 < gan.loc["D(fake.detach())", "d_loss_graph_bytes"] < gan.loc[
+        "D(fake)", "d_loss_graph_bytes"]
+    assert not gan.loc["D(fake.detach())", "generator_got_grads"]
+    assert gan.loc["D(fake)", "generator_got_grads"]
+    frozen = csv(out, "detach", "frozen_backbone").set_index("code")
+    held = frozen.held_after_forward_bytes
+    head_input = held.loc["backbone.requires_grad_(False)"]
+    assert held.loc["backbone(x).detach()"] == head_input
+    assert held.loc["with torch.no_grad(): backbone(x)"] == head_input
+    assert held.loc["neither (backbone trains)"] > head_input
+
+
+def test_reverse_mode_saves_k_inputs_forward_mode_stays_flat(out: Path):
+    for name in ("chain_torch", "chain_torchext"):
+        chain = csv(out, "forward_vs_reverse", name)
+        assert (chain.reverse_saved_bytes == chain.k * chain.n * FLOAT32).all(), name
+        assert (chain.reverse_held_after_forward_bytes == chain.reverse_saved_bytes).all()
+        assert (chain.forward_saved_bytes == 0).all()
+    torch_chain = csv(out, "forward_vs_reverse", "chain_torch")
+    assert torch_chain[torch_chain.k >= 2].forward_peak_bytes.nunique() == 1
+    assert torch_chain.reverse_peak_bytes.is_monotonic_increasing
+    gradient = csv(out, "forward_vs_reverse", "full_gradient")
+    assert gradient.gradients_agree.all()
+    assert (gradient.forward_passes == gradient.inputs).all()
+
+
+def test_double_backward_saves_more_than_single(out: Path):
+    frame = csv(out, "second_derivatives", "grad_vs_hvp").set_index("function")
+    mlp = frame.loc["MLP loss"]
+    assert mlp.hvp_saved_bytes > mlp.grad_saved_bytes
+    assert mlp.hvp_saved_by_backward_bytes > 0 and mlp.hvp_held_after_first_grad_bytes > 0
+    assert (frame.hvp_saved_bytes >= frame.grad_saved_bytes).all()
+    # sin's double backward: torchext's backward Function re-saves x, already saved.
+    sin = frame.loc["sum(sin(x))"]
+    assert sin.hvp_saved_by_backward_bytes < sin.grad_saved_bytes
+
+
+def test_checkpointing_lowers_saved_bytes(out: Path):
+    frame = csv(out, "recomputation", "checkpointing")
+    wide = frame.pivot(index="layers", columns="way", values="saved_bytes")
+    assert (wide["checkpoint per layer"] < wide["no checkpointing"]).all()
+    assert (frame.max_grad_difference < 1e-5).all()
+
+
+def test_fused_least_squares_saves_less_than_the_compositions(out: Path):
+    fits = csv(out, "torchext_vs_torch", "least_squares")
+    for n, rows in fits.groupby("rows"):
+        saved_new = rows.set_index("way").saved_new_bytes
+        fused = saved_new.loc["te.least_squares(X, w, y) (fused)"]
+        assert fused == rows.features.iloc[0] * FLOAT32  # its gradient, a d-vector
+        assert saved_new.loc["((X @ w - y) ** 2).sum() (torch)"] == n * FLOAT32  # the residual
+        assert fused < saved_new.loc["te.dot(r, r), r = te.sub(te.mv(X, w), y)"]
+    assert (fits.max_grad_difference < 1e-3).all()
+    totals = csv(out, "torchext_vs_torch", "examples")
+    assert set(totals.example) == set(examples.EXAMPLES)
+    assert set(totals.ops) == {"torchext", "torch"}
+    per_op = csv(out, "torchext_vs_torch", "examples_per_op")
+    assert "LeastSquaresFunction" in set(per_op.op) and "aten::pow.Tensor_Scalar" in set(per_op.op)
+
+
+def test_only_runs_one_study_and_keeps_the_index(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "rich.progress", None)  # the plain counter
+    code = generate.main(["--device", "cpu", "--size", "tiny", "--only", "recomputation",
+                          "--out", str(tmp_path)])
+    assert code == 0
+    assert sorted(p.name for p in tmp_path.glob("*.md")) == ["README.md", "recomputation.md"]
+    assert "[1/1] recomputation" in capsys.readouterr().err
+
+
+def test_bad_options(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit):
+        generate.main(["--only", "nonsense", "--out", str(tmp_path)])
+    if not torch.cuda.is_available():
+        assert generate.main(["--device", "cuda", "--out", str(tmp_path)]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
