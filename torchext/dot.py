@@ -1,27 +1,38 @@
-"""`dot` as an autograd Function over the split-reduction kernel (sum of products).
+"""`dot` as an autograd Function over the split-reduction kernel (Σ x·y).
 
-Backward is `grad · y` and `grad · x`: products with a 0-dim gradient, read by the `mul` kernel
-through its pointer (no host sync), and differentiable again.
+Backward is `grad · y` and `grad · x`: products with a 0-dim gradient, which the `mul` kernel
+reads through its pointer (no host sync), and differentiable again. Internally the Function
+reduces the last dim of two same-shaped tensors, so a vmapped `dot` is one batched kernel.
 """
 
 from __future__ import annotations
 
 import torch
 
-from torchext._validation import check_device_supported, check_not_complex, check_tensor
-from torchext.mul import mul_tensors
-from torchext.sum import sum as torchext_sum
+from torchext._validation import check_device_supported, check_same_device, check_tensor
+from torchext._vmap import batch_first
+from torchext.mul import mul
+from torchext.sum import dtype_name
 from triton_kernels import reduction as kernels
 
 
 @torch.library.custom_op("torchext::dot", mutates_args=())
 def _dot_op(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return kernels.dot_forward(x.view(1, -1), y.view(1, -1), x.dtype).reshape(())
+    return kernels.dot_forward(x, y)
 
 
 @_dot_op.register_fake
 def _dot_fake(x, y):
-    return x.new_empty(())
+    return x.new_empty(x.shape[:-1])
+
+
+def _dot_input_grads(needs, grad, x, y):
+    grad = grad.unsqueeze(-1)  # one element for a plain dot: read as a scalar by the kernel
+    return (mul(y, grad) if needs[0] else None), (mul(x, grad) if needs[1] else None)
+
+
+# torch.compile cannot trace an autograd.Function that defines `jvp` (see torchext/sin.py), so
+# under compilation `dot` calls the custom op, with this formula registered on it.
 
 
 def _dot_op_setup_context(ctx, inputs, output):
@@ -29,16 +40,14 @@ def _dot_op_setup_context(ctx, inputs, output):
 
 
 def _dot_op_backward(ctx, grad):
-    # Used under torch.compile only (see torchext/sin.py); the eager path is DotFunction.
-    x, y = ctx.saved_tensors
-    return mul_tensors(y, grad), mul_tensors(x, grad)
+    return _dot_input_grads((True, True), grad, *ctx.saved_tensors)
 
 
 _dot_op.register_autograd(_dot_op_backward, setup_context=_dot_op_setup_context)
 
 
 class DotFunction(torch.autograd.Function):
-    """out = ⟨x, y⟩; saves y if x needs a gradient and x if y does."""
+    """out[...] = Σ_k x[..., k]·y[..., k]; saves y if x needs a gradient and x if y does."""
 
     @staticmethod
     def forward(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -53,10 +62,7 @@ class DotFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, y = ctx.saved_tensors
-        grad_x = mul_tensors(y, grad) if ctx.needs_input_grad[0] else None
-        grad_y = mul_tensors(x, grad) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_y
+        return _dot_input_grads(ctx.needs_input_grad, grad, *ctx.saved_tensors)
 
     @staticmethod
     def jvp(ctx, x_tangent, y_tangent):
@@ -71,50 +77,40 @@ class DotFunction(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, x, y):
-        # A batch of dot products is a row-wise sum of products.
-        x_dim, y_dim = in_dims
-        x = x.movedim(x_dim, 0) if x_dim is not None else x
-        y = y.movedim(y_dim, 0) if y_dim is not None else y
-        return torchext_sum(mul_tensors(x, y), dim=-1), 0
+        x, y = batch_first(info.batch_size, in_dims, x, y)
+        return DotFunction.apply(x, y), 0
 
 
 def _check_dot(x: torch.Tensor, y: torch.Tensor) -> None:
+    """torch's checks, in torch's order: ndim, dtype, length, then kernel support."""
     if x.dim() != 1 or y.dim() != 1:
         raise RuntimeError(f"dot: 1D tensors expected, but got {x.dim()}D and {y.dim()}D tensors")
+    if x.dtype != y.dtype:
+        raise RuntimeError(
+            "dot : expected both vectors to have same dtype, but found "
+            f"{dtype_name(x.dtype)} and {dtype_name(y.dtype)}"
+        )
     if x.numel() != y.numel():
         raise RuntimeError(
             f"dot: inconsistent tensor size, expected tensor [{x.numel()}] and src "
             f"[{y.numel()}] to have the same number of elements, but got {x.numel()} and "
             f"{y.numel()} elements respectively"
         )
-    if x.dtype != y.dtype:
-        raise RuntimeError(
-            f"dot : expected both vectors to have same dtype, but found "
-            f"{_dtype_name(x.dtype)} and {_dtype_name(y.dtype)}"
-        )
-    if x.device != y.device:
-        raise RuntimeError(
-            f"dot: Expected all tensors to be on the same device, but found at least two "
-            f"devices, {x.device} and {y.device}!"
-        )
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
-            torch.bfloat16: "BFloat16", torch.int64: "Long", torch.int32: "Int"}.get(
-        dtype, str(dtype).removeprefix("torch."))  # fmt: skip
+    if x.is_complex():
+        raise TypeError("dot: complex tensors are not supported; use torch.dot")
+    if x.dtype not in kernels.REDUCIBLE_DTYPES or x.dtype == torch.bool:
+        raise NotImplementedError(f'"dot" not implemented for \'{dtype_name(x.dtype)}\'')
 
 
 def dot(input: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
-    """Drop-in for `torch.dot`: 1-D tensors of one dtype and length, accumulated in fp32."""
+    """Drop-in for `torch.dot`: 1-D tensors of one dtype and length; floats accumulate in fp32
+    (fp64 for fp64), integers in int64 (wrapping to their dtype, as in torch)."""
     check_tensor("dot", "input", input)
     check_tensor("dot", "tensor", tensor, position=2)
     for t in (input, tensor):
-        check_not_complex("dot", t)
         check_device_supported("dot", t)
+    check_same_device("dot", input, tensor)
     _check_dot(input, tensor)
-    if input.dtype == torch.bool:
-        raise RuntimeError("\"dot\" not implemented for 'Bool'")
     if torch.compiler.is_compiling():
         return _dot_op(input, tensor)
     return DotFunction.apply(input, tensor)
