@@ -73,16 +73,16 @@ def test_two_stage_path_on_inputs_larger_than_one_program(monkeypatch):
     x = torch.randn(100_000, dtype=torch.float32)
     out = torchext.sum(x)
     (first, first_grid), (second, second_grid) = launches
-    assert first == second == "reduce_rows_kernel"
+    assert first == second == "reduce_split_kernel"
     # stage 1: 13 programs of 8192 elements (at most INTERPRETER_PROGRAMS); stage 2: one
     assert first_grid == (1, 13) and second_grid == (1, 1)
     # fp32 partials of ~8k elements each, summed again: close to the exact fp64 sum
     torch.testing.assert_close(out.double(), x.double().sum(), atol=1e-3, rtol=1e-6)
 
-    launches.clear()
+    launches.clear()  # a column sum splits the 5000 rows too, in tiles of (512, 4) in place
     m = torch.randn(5000, 3, dtype=torch.float64)
     assert_close(torchext.sum(m, 0), m.sum(0))
-    assert [name for name, _ in launches] == ["reduce_middle_kernel"] * 2
+    assert [grid for _, grid in launches] == [(1, 10), (1, 1)]
 
 
 def test_split_plan_fills_the_gpu_and_bounds_the_partials():
@@ -92,14 +92,16 @@ def test_split_plan_fills_the_gpu_and_bounds_the_partials():
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(torch.cuda, "get_device_properties", lambda _: _FakeProps(132))
             # 2^24 elements: one program per 16k elements, 1024 programs, 1024 partials
-            block, kept, per_program, chunks = reduction.split_plan(1, 2**24, 1, cuda)
-            assert (block, kept, chunks) == (2048, 1, 1024) and per_program == 16384
+            block, per_program, chunks = reduction.split_plan(1, 2**24, 1, cuda)
+            assert (block, chunks, per_program) == ((1, 2048, 1), 1024, 16384)
             # 2^30 elements: still at most 8 programs per SM, the second pass stays one program
-            assert reduction.split_plan(1, 2**30, 1, cuda)[3] <= 8 * 132
+            assert reduction.split_plan(1, 2**30, 1, cuda)[2] <= 8 * 132
             # many rows already fill the GPU: no split, one pass
-            assert reduction.split_plan(8192, 4096, 1, cuda)[3] == 1
+            assert reduction.split_plan(8192, 4096, 1, cuda)[2] == 1
             # short rows share a tile: 64 rows of 32 per program
-            assert reduction.split_plan(10_000, 32, 1, cuda)[:2] == (32, 64)
+            assert reduction.split_plan(10_000, 32, 1, cuda)[0] == (64, 32, 1)
+            # a column sum of a (4096, 1024) matrix: (8, 256) tiles, chunks of 32 rows
+            assert reduction.split_plan(1, 4096, 1024, cuda) == ((1, 8, 256), 32, 128)
     finally:
         reduction._first_pass_programs.cache_clear()
 

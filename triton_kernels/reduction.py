@@ -27,6 +27,12 @@ REDUCE_TILE = 2048
 REDUCE_WARPS = 8
 # First-pass programs per SM: 8 programs of 8 warps fill an H100 SM (64 warps) in one wave.
 PROGRAMS_PER_SM = 8
+# Tiles of a reduction over a middle axis are at most this wide along the contiguous inner axis
+# (1 KiB of fp32 per row: coalesced), so that wide rows still give many programs.
+MIDDLE_BLOCK_INNER = 256
+# A chunk spans at least this many elements of the reduced axis: partials then add at most
+# 1/32 to the bytes the first pass reads.
+MIN_REDUCED_PER_PROGRAM = 32
 # Under the interpreter programs run one after another: a few big ones are fastest, and 16 still
 # splits anything over a few tiles, so CPU tests run the same two-stage path as the GPU.
 INTERPRETER_PROGRAMS = 16
@@ -43,51 +49,11 @@ REDUCIBLE_DTYPES = tuple(_TL_DTYPES)
 
 
 @triton.jit
-def reduce_rows_kernel(
+def reduce_split_kernel(
     x_ptr,
     y_ptr,
     out_ptr,
-    n_rows,
-    n_cols,
-    cols_per_program,
-    n_chunks,
-    TERM: tl.constexpr,
-    CAST_DTYPE: tl.constexpr,
-    SQRT: tl.constexpr,
-    COMPUTE_DTYPE: tl.constexpr,
-    BLOCK_ROWS: tl.constexpr,
-    BLOCK_COLS: tl.constexpr,
-):
-    """out[row, chunk] = Σ term(x[row, chunk's columns]) for a contiguous (rows, cols) x.
-
-    A tile holds BLOCK_ROWS short rows, or one BLOCK_COLS slice of a long row.
-    """
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
-    chunk = tl.program_id(1).to(tl.int64)
-    row_mask = rows < n_rows
-    first_col = chunk * cols_per_program
-    acc = tl.zeros([BLOCK_ROWS, BLOCK_COLS], dtype=COMPUTE_DTYPE)
-    for start in range(0, cols_per_program, BLOCK_COLS):
-        cols = first_col + start + tl.arange(0, BLOCK_COLS)
-        mask = row_mask[:, None] & (cols < n_cols)[None, :]
-        offsets = rows[:, None] * n_cols + cols[None, :]
-        x = tl.load(x_ptr + offsets, mask=mask, other=0).to(CAST_DTYPE).to(COMPUTE_DTYPE)
-        if TERM == 1:
-            x = x * x
-        elif TERM == 2:
-            x = x * tl.load(y_ptr + offsets, mask=mask, other=0).to(COMPUTE_DTYPE)
-        acc += x
-    total = tl.sum(acc, axis=1)
-    if SQRT:
-        total = tl.sqrt(total)
-    tl.store(out_ptr + rows * n_chunks + chunk, total.to(out_ptr.dtype.element_ty), mask=row_mask)
-
-
-@triton.jit
-def reduce_middle_kernel(
-    x_ptr,
-    y_ptr,
-    out_ptr,
+    n_outer,
     n_reduced,
     n_inner,
     n_inner_blocks,
@@ -97,37 +63,40 @@ def reduce_middle_kernel(
     CAST_DTYPE: tl.constexpr,
     SQRT: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
+    BLOCK_OUTER: tl.constexpr,
     BLOCK_REDUCED: tl.constexpr,
     BLOCK_INNER: tl.constexpr,
 ):
-    """out[o, chunk, i] = Σ_r term(x[o, r, i]) over the chunk's r, for a contiguous 3-D x.
+    """out[o, chunk, i] = Σ term(x[o, r, i]) over the chunk's r, for a contiguous 3-D x.
 
-    Loads run along the contiguous inner axis, so `sum(dim=0)` of a matrix reads it coalesced
-    and in place instead of transposing it first.
+    Tiles are (BLOCK_OUTER, BLOCK_REDUCED, BLOCK_INNER), wide along the contiguous axis: for
+    rows (inner = 1) BLOCK_OUTER rows by BLOCK_REDUCED columns; otherwise (BLOCK_OUTER = 1) a
+    BLOCK_REDUCED by BLOCK_INNER block, so `sum(dim=0)` of a matrix reads it coalesced and in
+    place instead of transposing it first.
     """
     pid = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1).to(tl.int64)
-    outer = pid // n_inner_blocks
+    outer = (pid // n_inner_blocks) * BLOCK_OUTER + tl.arange(0, BLOCK_OUTER)
     inner = (pid % n_inner_blocks) * BLOCK_INNER + tl.arange(0, BLOCK_INNER)
-    inner_mask = inner < n_inner
+    kept_mask = (outer < n_outer)[:, None] & (inner < n_inner)[None, :]
+    base = (outer * n_reduced * n_inner)[:, None, None] + inner[None, None, :]
     first = chunk * reduced_per_program
-    base = outer * n_reduced * n_inner
-    acc = tl.zeros([BLOCK_REDUCED, BLOCK_INNER], dtype=COMPUTE_DTYPE)
+    acc = tl.zeros([BLOCK_OUTER, BLOCK_REDUCED, BLOCK_INNER], dtype=COMPUTE_DTYPE)
     for start in range(0, reduced_per_program, BLOCK_REDUCED):
         reduced = first + start + tl.arange(0, BLOCK_REDUCED)
-        mask = (reduced < n_reduced)[:, None] & inner_mask[None, :]
-        offsets = base + reduced[:, None] * n_inner + inner[None, :]
+        mask = kept_mask[:, None, :] & (reduced < n_reduced)[None, :, None]
+        offsets = base + (reduced * n_inner)[None, :, None]
         x = tl.load(x_ptr + offsets, mask=mask, other=0).to(CAST_DTYPE).to(COMPUTE_DTYPE)
         if TERM == 1:
             x = x * x
         elif TERM == 2:
             x = x * tl.load(y_ptr + offsets, mask=mask, other=0).to(COMPUTE_DTYPE)
         acc += x
-    total = tl.sum(acc, axis=0)
+    total = tl.sum(acc, axis=1)
     if SQRT:
         total = tl.sqrt(total)
-    out_offsets = (outer * n_chunks + chunk) * n_inner + inner
-    tl.store(out_ptr + out_offsets, total.to(out_ptr.dtype.element_ty), mask=inner_mask)
+    out_offsets = (outer[:, None] * n_chunks + chunk) * n_inner + inner[None, :]
+    tl.store(out_ptr + out_offsets, total.to(out_ptr.dtype.element_ty), mask=kept_mask)
 
 
 def reduction_layout(
@@ -170,52 +139,47 @@ def _first_pass_programs(device: torch.device) -> int:
 
 def split_plan(
     outer: int, reduced: int, inner: int, device: torch.device
-) -> tuple[int, int, int, int]:
-    """(BLOCK_REDUCED, BLOCK_KEPT, reduced_per_program, n_chunks) for one pass.
+) -> tuple[tuple[int, int, int], int, int]:
+    """((BLOCK_OUTER, BLOCK_REDUCED, BLOCK_INNER), reduced_per_program, n_chunks) for one pass.
 
-    A tile is REDUCE_TILE elements: as wide along the contiguous axis (cols for rows, inner
+    A tile is REDUCE_TILE elements: as wide along the contiguous axis (reduced for rows, inner
     otherwise) as the data allows, the rest of it along the other axis. The reduced axis is then
     split into chunks until the pass has about `_first_pass_programs` programs, never into
-    more chunks than it has tiles.
+    more chunks than it has tiles, nor into chunks shorter than MIN_REDUCED_PER_PROGRAM.
     """
-    if inner == 1:  # rows: tiles are (BLOCK_KEPT rows, BLOCK_REDUCED cols)
+    if inner == 1:  # rows: tiles of BLOCK_OUTER rows by BLOCK_REDUCED columns
         block_reduced = min(triton.next_power_of_2(reduced), REDUCE_TILE)
-        block_kept = min(REDUCE_TILE // block_reduced, triton.next_power_of_2(outer))
-        kept_programs = triton.cdiv(outer, block_kept)
-    else:  # middle: tiles are (BLOCK_REDUCED, BLOCK_KEPT inner)
-        block_kept = min(triton.next_power_of_2(inner), REDUCE_TILE)
-        block_reduced = min(REDUCE_TILE // block_kept, triton.next_power_of_2(reduced))
-        kept_programs = outer * triton.cdiv(inner, block_kept)
+        block_outer = min(REDUCE_TILE // block_reduced, triton.next_power_of_2(outer))
+        block = (block_outer, block_reduced, 1)
+        kept_programs = triton.cdiv(outer, block_outer)
+    else:  # tiles of BLOCK_REDUCED by BLOCK_INNER of one outer index
+        block_inner = min(triton.next_power_of_2(inner), MIDDLE_BLOCK_INNER)
+        block_reduced = min(REDUCE_TILE // block_inner, triton.next_power_of_2(reduced))
+        block = (1, block_reduced, block_inner)
+        kept_programs = outer * triton.cdiv(inner, block_inner)
     tiles = triton.cdiv(reduced, block_reduced)
-    n_chunks = max(1, min(tiles, _first_pass_programs(device) // kept_programs))
+    max_chunks = min(tiles, reduced // MIN_REDUCED_PER_PROGRAM)
+    n_chunks = max(1, min(max_chunks, _first_pass_programs(device) // kept_programs))
     per_program = triton.cdiv(tiles, n_chunks) * block_reduced
-    return block_reduced, block_kept, per_program, triton.cdiv(reduced, per_program)
+    return block, per_program, triton.cdiv(reduced, per_program)
 
 
 def _reduce_pass(x3, y3, out_dtype, partial_dtype, term, cast_dtype, sqrt) -> torch.Tensor:
     """One pass: (outer, reduced, inner) → (outer, chunks, inner) partials, or the result in
     `out_dtype` (sqrt'ed if asked) when one chunk is left."""
     outer, reduced, inner = x3.shape
-    block_reduced, block_kept, per_program, n_chunks = split_plan(outer, reduced, inner, x3.device)
+    block, per_program, n_chunks = split_plan(outer, reduced, inner, x3.device)
     last = n_chunks == 1
     out = torch.empty((outer, n_chunks, inner), dtype=out_dtype if last else partial_dtype,
                       device=x3.device)  # fmt: skip
-    meta = dict(
+    inner_blocks = triton.cdiv(inner, block[2])
+    grid = (triton.cdiv(outer, block[0]) * inner_blocks, n_chunks)
+    kernel_for(reduce_split_kernel, x3.device)[grid](
+        x3, y3, out, outer, reduced, inner, inner_blocks, per_program, n_chunks,
         TERM=term, CAST_DTYPE=_TL_DTYPES[cast_dtype], SQRT=sqrt and last,
-        COMPUTE_DTYPE=math_dtype(out_dtype), num_warps=REDUCE_WARPS,
+        COMPUTE_DTYPE=math_dtype(out_dtype), BLOCK_OUTER=block[0], BLOCK_REDUCED=block[1],
+        BLOCK_INNER=block[2], num_warps=REDUCE_WARPS,
     )  # fmt: skip
-    if inner == 1:
-        grid = (triton.cdiv(outer, block_kept), n_chunks)
-        kernel_for(reduce_rows_kernel, x3.device)[grid](
-            x3, y3, out, outer, reduced, per_program, n_chunks,
-            BLOCK_ROWS=block_kept, BLOCK_COLS=block_reduced, **meta,
-        )  # fmt: skip
-    else:
-        inner_blocks = triton.cdiv(inner, block_kept)
-        kernel_for(reduce_middle_kernel, x3.device)[(outer * inner_blocks, n_chunks)](
-            x3, y3, out, reduced, inner, inner_blocks, per_program, n_chunks,
-            BLOCK_REDUCED=block_reduced, BLOCK_INNER=block_kept, **meta,
-        )  # fmt: skip
     return out
 
 
