@@ -1,0 +1,232 @@
+"""`torchext-profile`: run (script and -m), examples, compare; formats, --top, errors.
+
+All in-process through `main([...])` on tiny scripts written to tmp_path (3 sin ops on 8 float32
+elements: 96 saved bytes), plus one subprocess test of the installed console script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from profiling import cli
+from profiling.export import load_profile
+
+SIN_CHAIN = """\
+import json, sys
+import torch
+x = torch.arange(8.0, requires_grad=True)
+y = x
+for _ in range({n}):
+    y = torch.sin(y)
+y.sum().backward()
+with open({record!r}, "w") as f:
+    json.dump({{"argv": sys.argv, "name": __name__, "path0": sys.path[0]}}, f)
+"""
+
+
+def write_script(tmp_path: Path, name: str = "chain.py", n: int = 3, tail: str = "") -> Path:
+    script = tmp_path / name
+    script.write_text(SIN_CHAIN.format(n=n, record=str(tmp_path / f"{name}.json")) + tail)
+    return script
+
+
+def recorded(script: Path) -> dict:
+    return json.loads(Path(f"{script}.json").read_text())
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_run_profiles_a_script_like_cprofile(tmp_path, capsys):
+    script, out = write_script(tmp_path), tmp_path / "out"
+    argv_before, path_before = sys.argv[:], sys.path[:]
+    code, stdout, stderr = run_cli(capsys, "run", "--out", out, script, "a", "--flag")
+    assert code == 0, stderr
+    assert recorded(script) == {"argv": [str(script), "a", "--flag"], "name": "__main__",
+                                "path0": str(tmp_path)}
+    assert sys.argv == argv_before and sys.path == path_before
+    assert "Top 10 operators by saved bytes" in stdout and "saved for backward: 96 B" in stdout
+    sin_row = next(line for line in stdout.splitlines() if line.startswith("aten::sin"))
+    assert sin_row.split()[:5] == ["aten::sin", "forward", "3", "96", "B"]
+    assert f"report written to {out}/" in stderr and "profiling" in stderr
+    profile = load_profile(out)
+    assert (profile.ops["op"] == "aten::sin").sum() == 3
+    assert profile.meta["command"] == f"torchext-profile run {script} a --flag"
+    assert (out / "report.html").is_file() and (out / "trace.json").is_file()
+
+
+def test_run_dash_m_runs_a_module_as_main(tmp_path, capsys, monkeypatch):
+    write_script(tmp_path, "chain_module.py")
+    monkeypatch.chdir(tmp_path)
+    code, stdout, stderr = run_cli(capsys, "run", "--top", "1", "-m", "chain_module", "--x", "1")
+    assert code == 0, stderr
+    record = recorded(tmp_path / "chain_module.py")
+    assert record["name"] == "__main__" and record["argv"][1:] == ["--x", "1"]
+    assert record["argv"][0] == str(tmp_path / "chain_module.py")
+    assert (tmp_path / "profile_out" / "profile.json").is_file()  # the default --out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "missing.py"], "can't open file 'missing.py'"),
+    (["run", "-m", "no_such_module_here"], "no module named 'no_such_module_here'"),
+    (["run"], "give a script"),
+    (["compare", "nowhere_a", "nowhere_b"], "cannot read profile nowhere_a"),
+    (["run", "--top", "0", "x.py"], "must be at least 1"),
+])  # fmt: skip
+def test_usage_errors_exit_2_without_traceback(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    code, stdout, stderr = run_cli(capsys, *argv)
+    assert code == 2 and message in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "profile_out").exists()
+
+
+def test_a_raising_script_prints_its_traceback_and_keeps_the_partial_profile(tmp_path, capsys):
+    script = write_script(tmp_path, n=2, tail='raise ValueError("boom")\n')
+    code, stdout, stderr = run_cli(capsys, "run", "--out", tmp_path / "out", script)
+    assert code == 1
+    assert "Traceback (most recent call last)" in stderr and "ValueError: boom" in stderr
+    assert f'File "{script}", line 10, in <module>' in stderr
+    assert "cli.py" not in stderr and "runpy" not in stderr  # only the script's frames
+    assert "partial" in stderr
+    ops = load_profile(tmp_path / "out").ops
+    assert ops.loc[ops["op"] == "aten::sin", "saved_bytes"].sum() == 2 * 32
+
+
+def test_sys_exit_in_the_script_is_its_exit_status_and_progress_shows(tmp_path, capsys,
+                                                                      monkeypatch):
+    monkeypatch.setattr(cli, "HEARTBEAT_S", 0.05)
+    script = write_script(tmp_path, n=1, tail="import time\ntime.sleep(0.3)\nsys.exit(3)\n")
+    code, stdout, stderr = run_cli(capsys, "run", "--out", tmp_path / "out", script)
+    assert code == 3 and "Traceback" not in stderr
+    assert "still profiling" in stderr and "still profiling" not in stdout
+    assert (tmp_path / "out" / "profile.json").is_file()
+    assert cli._exit_code(SystemExit()) == 0 and cli._exit_code(SystemExit(0)) == 0
+    assert cli._exit_code(SystemExit("a message")) == 1 and "a message" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def two_reports(tmp_path_factory) -> tuple[dict, dict]:
+    """A 3-sin chain run with --format csv --top 1 and a 1-sin chain with --format md, once for
+    the format and compare tests: {folder, stdout} each."""
+    root = tmp_path_factory.mktemp("reports")
+    runs = []
+    for n, options in ((3, ["--format", "csv", "--top", "1"]), (1, ["--format", "md"])):
+        script, stdout = write_script(root, f"chain{n}.py", n=n), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
+            assert cli.main(["run", *options, "--out", str(root / f"out{n}"), str(script)]) == 0
+        runs.append({"folder": root / f"out{n}", "stdout": stdout.getvalue()})
+    return runs[0], runs[1]
+
+
+def test_format_json_prints_the_top_tables(tmp_path, capsys):
+    script = write_script(tmp_path)
+    code, stdout, _ = run_cli(capsys, "run", "--format", "json", "--top", "2",
+                              "--out", tmp_path / "out", script)
+    payload = json.loads(stdout)
+    assert code == 0 and payload["saved_bytes"] == 96 and payload["out"] == str(tmp_path / "out")
+    assert payload["top_by_saved"] == [{"op": "aten::sin", "phase": "forward", "calls": 3,
+                                        "saved_bytes": 96, "saved_new_bytes": 64,
+                                        "peak_bytes": payload["top_by_saved"][0]["peak_bytes"],
+                                        "time_ms": payload["top_by_saved"][0]["time_ms"]}]
+    assert len(payload["top_by_peak"]) == 2  # --top 2
+    peaks = [row["peak_bytes"] for row in payload["top_by_peak"]]
+    assert peaks == sorted(peaks, reverse=True) and peaks[0] == payload["meta"]["peak_bytes"]
+
+
+def test_format_csv_and_md(two_reports):
+    csv_run, md_run = two_reports
+    table = pd.read_csv(io.StringIO(csv_run["stdout"]))
+    assert list(table.columns[:3]) == ["table", "op", "phase"]
+    assert table["table"].tolist() == ["top_by_saved", "top_by_peak"]  # one row each (--top 1)
+    assert table.loc[0, "saved_bytes"] == 96
+    assert "## Top 10 operators by saved bytes" in md_run["stdout"]
+    assert "| aten::sin | forward | 1 | 32 B | 0 B |" in md_run["stdout"]
+    assert "- **saved for backward**: 32 B" in md_run["stdout"]
+
+
+def test_compare_renders_the_diff(two_reports, capsys, tmp_path):
+    three, one = two_reports[0]["folder"], two_reports[1]["folder"]
+    code, stdout, _ = run_cli(capsys, "compare", three, one, "--format", "json")
+    payload = json.loads(stdout)
+    sin = next(row for row in payload["ops"] if row["op"] == "aten::sin")
+    assert code == 0
+    assert (sin["calls_a"], sin["calls_b"], sin["saved_bytes_delta"]) == (3, 1, -64)
+    assert sin["saved_bytes_ratio"] == pytest.approx(1 / 3)
+    totals = {row["metric"]: row for row in payload["totals"]}
+    assert totals["saved_bytes"]["delta"] == -64.0
+    code, stdout, _ = run_cli(capsys, "compare", three, one, "--out", tmp_path / "cmp")
+    assert "Totals (B - A)" in stdout
+    saved_total = next(line for line in stdout.splitlines() if line.startswith("saved "))
+    assert saved_total.split() == ["saved", "96", "B", "32", "B", "-64", "B", "0.333"]
+    sin_line = next(line for line in stdout.splitlines() if line.startswith("aten::sin"))
+    assert sin_line.split()[2:8] == ["96", "B", "32", "B", "-64", "B"]
+    assert (tmp_path / "cmp" / "compare_ops.csv").is_file()
+    code, stdout, _ = run_cli(capsys, "compare", three, one, "--format", "csv", "--top", "1")
+    table = pd.read_csv(io.StringIO(stdout))
+    assert table["table"].tolist() == ["ops", "modules"]
+
+
+def test_examples_profiles_each_example(tmp_path, capsys, monkeypatch):
+    import torch
+
+    def sin_example() -> dict:
+        x = torch.ones(8, requires_grad=True)
+        torch.sin(torch.sin(x)).sum().backward()
+        return {"x.grad": x.grad}
+
+    def broken_example() -> dict:
+        raise RuntimeError("example failed")
+
+    fake = types.ModuleType("torchext.examples")
+    fake.EXAMPLES = {"sin_example": sin_example, "broken_example": broken_example}
+    monkeypatch.setitem(sys.modules, "torchext.examples", fake)
+    out = tmp_path / "ex"
+    code, stdout, stderr = run_cli(capsys, "examples", "--out", out, "--format", "json")
+    assert code == 1 and "RuntimeError: example failed" in stderr
+    rows = {row["example"]: row for row in json.loads(stdout)["examples"]}
+    assert rows["sin_example"]["status"] == "ok" and rows["sin_example"]["saved_bytes"] == 64
+    assert rows["broken_example"]["status"] == "RuntimeError: example failed"
+    assert (out / "sin_example" / "report.html").is_file()
+    assert (out / "broken_example" / "profile.json").is_file()
+    assert pd.read_csv(out / "examples.csv")["example"].tolist() == list(fake.EXAMPLES)
+    code, _, stderr = run_cli(capsys, "examples", "nope", "--out", out)
+    assert code == 2 and "unknown example(s) nope" in stderr
+
+
+def test_a_subcommand_is_one_function_in_subcommands(monkeypatch):
+    def add_echo_command(subparsers) -> None:  # the shape every subcommand has
+        parser = subparsers.add_parser("echo-count")
+        parser.add_argument("argv", nargs=argparse.REMAINDER)
+        parser.set_defaults(handler=lambda args: len(args.argv))
+
+    monkeypatch.setattr(cli, "SUBCOMMANDS", (*cli.SUBCOMMANDS, add_echo_command))
+    assert cli.main(["echo-count", "--x", "y"]) == 2
+    parse = cli.build_parser().parse_args
+    assert parse(["run", "s.py"]).handler is cli.run_command
+    assert parse(["examples"]).handler is cli.examples_command
+    assert parse(["compare", "a", "b"]).handler is cli.compare_command
+
+
+def test_console_script_in_a_subprocess(tmp_path):
+    write_script(tmp_path)
+    exe = shutil.which("torchext-profile", path=str(Path(sys.executable).parent))
+    command = [exe] if exe else [sys.executable, "-m", "profiling"]
+    done = subprocess.run([*command, "run", "--format", "json", "chain.py"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["saved_bytes"] == 96
+    assert (tmp_path / "profile_out" / "report.html").is_file()
