@@ -8,7 +8,9 @@ own memory tools, all measured in the same run:
 - `MemTracker`: `torch.distributed._tools.mem_tracker.MemTracker` (with `track_external`).
 
 Repetitions are interleaved (each round runs every tool once, in a rotating order) so that
-drift in the machine's speed hits all of them alike; the table gives medians and ratios.
+drift in the machine's speed hits all of them alike; the table gives medians and ratios. On a
+machine shared with other work, `--clock cpu --threads 1` measures CPU time instead of wall time,
+which other processes disturb far less.
 
     python -m benchmarks.bench_profiler_overhead                 # CPU
     python -m benchmarks.bench_profiler_overhead --device cuda --out overhead.csv
@@ -84,7 +86,8 @@ def tools(step: Callable[[], None], external: tuple, device: torch.device) -> di
 
 
 def measure(candidates: dict[str, Callable[[], None]], repeats: int, warmup: int,
-            device: torch.device) -> dict[str, list[float]]:
+            device: torch.device, clock: Callable[[], float] = time.perf_counter,
+            ) -> dict[str, list[float]]:
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -98,10 +101,10 @@ def measure(candidates: dict[str, Callable[[], None]], repeats: int, warmup: int
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             sync()
-            start = time.perf_counter()
+            start = clock()
             candidates[name]()
             sync()
-            times[name].append((time.perf_counter() - start) * 1e3)
+            times[name].append((clock() - start) * 1e3)
     return times
 
 
@@ -121,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time, or this process's CPU time (steadier on a busy "
+                             "machine; with --threads 1 it is the step's own work)")
     parser.add_argument("--out", type=Path, help="write the table as CSV here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -130,11 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cuda", torch.cuda.current_device())
 
     step, external = make_step(args, device)
-    times = measure(tools(step, external, device), args.repeats, args.warmup, device)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    times = measure(tools(step, external, device), args.repeats, args.warmup, device, clock)
     baseline = statistics.median(times["unprofiled"])
     config = (f"TransformerEncoderLayer d_model={args.d_model} nhead={args.nhead} "
               f"ff={args.dim_feedforward} batch={args.batch} seq={args.seq}, Adam step, "
-              f"{torch.get_num_threads()} threads")
+              f"{torch.get_num_threads()} threads, {args.clock} clock")
     device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else platform.processor() or platform.machine())
     info = {"device": str(device), "device_name": device_name, "torch": torch.__version__,

@@ -209,14 +209,22 @@ class Recorder:
         # The hot path: runs for every aten op, so it binds locals and calls little.
         if self._pending is not None:
             self.discover_pending()
+        storages = self.storages
+        open_row = self._open
+        if open_row is not None and open_row.kind == "node":
+            # inside a backward node: its inputs are known already; count what it allocates
+            out = func(*args, **kwargs)
+            open_row.output_bytes += storages.track_all(_outputs(out), True)
+            live = self._live()
+            if live > open_row.peak:
+                open_row.peak = live
+            return out
         inputs = _tensors(args)
         if kwargs:
             inputs.extend(_tensors(kwargs.values()))
-        storages = self.storages
-        open_row = self._open
-        if inputs and (open_row is None or open_row.kind != "node"):
-            storages.track_all(inputs, False)  # in backward, inputs are known already
-        if open_row is not None:  # folded into a Function or backward node row
+        if inputs:
+            storages.track_all(inputs, False)
+        if open_row is not None:  # folded into a custom Function's row
             out = func(*args, **kwargs)
             open_row.output_bytes += storages.track_all(_outputs(out), True)
             live = self._live()
@@ -252,7 +260,10 @@ class Recorder:
             (end - start) * 1e3, (end - self.t0) * 1e3,
         ))
         if outputs and not backward and _grad_enabled():
-            self._pending = (seq, module, weakref.ref(outputs[0]))
+            for tensor in inputs:
+                if tensor.requires_grad:  # the op may have created a node: find it next
+                    self._pending = (seq, module, weakref.ref(outputs[0]))
+                    break
         return out
 
     def discover_pending(self) -> None:

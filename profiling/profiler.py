@@ -34,6 +34,10 @@ OPS_COLUMNS = ["seq", "op", "phase", "module", "input_shapes", "dtype", "device"
 LIFETIME_COLUMNS = ["storage_id", "nbytes", "saved_by", "saved_seq", "module", "freed_seq",
                     "freed_by", "freed_phase"]
 TIMELINE_COLUMNS = ["seq", "t_ms", "phase", "op", "live_bytes"]
+_OPS_DTYPES = {"seq": "int64", "output_bytes": "int64", "saved_bytes": "int64",
+               "saved_new_bytes": "int64", "live_bytes": "int64", "peak_bytes": "int64",
+               "time_ms": "float64", "op": "str", "phase": "str", "module": "str",
+               "input_shapes": "str", "dtype": "str", "device": "str"}
 
 
 def _default_device() -> torch.device:
@@ -109,21 +113,22 @@ class Profile:
         if "ops" not in self._cache:
             entries = self._recorder.ledger.entries
             saves = self._row_saves()
-            records = []
-            for row in sorted(self._recorder.rows, key=lambda r: r[0]):
-                fields = dict(zip(ROW_FIELDS, row, strict=True))
-                mine = saves.get(row[0], ())
-                fields["saved_bytes"] = sum(entries[s].nbytes for s in mine)
-                fields["saved_new_bytes"] = sum(entries[s].nbytes for s in mine if entries[s].new)
-                fields["input_shapes"] = _shapes_text(fields["input_shapes"])
-                fields["dtype"] = "" if fields["dtype"] is None else str(fields["dtype"])
-                fields["device"] = "" if fields["device"] is None else str(fields["device"])
-                records.append(fields)
-            frame = pd.DataFrame(records, columns=OPS_COLUMNS)
-            int_columns = ["seq", "output_bytes", "saved_bytes", "saved_new_bytes",
-                           "live_bytes", "peak_bytes"]
-            self._cache["ops"] = frame.astype({c: "int64" for c in int_columns}
-                                              | {"time_ms": "float64"})
+            rows = sorted(self._recorder.rows, key=lambda r: r[0])
+            columns = dict(zip(ROW_FIELDS, zip(*rows, strict=True), strict=True)) if rows \
+                else {name: () for name in ROW_FIELDS}
+            saved, saved_new = [], []
+            for seq in columns["seq"]:
+                mine = saves.get(seq, ())
+                saved.append(sum(entries[s].nbytes for s in mine))
+                saved_new.append(sum(entries[s].nbytes for s in mine if entries[s].new))
+            columns["saved_bytes"], columns["saved_new_bytes"] = saved, saved_new
+            columns["input_shapes"] = [_shapes_text(s) for s in columns["input_shapes"]]
+            columns["dtype"] = ["" if d is None else str(d) for d in columns["dtype"]]
+            columns["device"] = ["" if d is None else str(d) for d in columns["device"]]
+            frame = pd.DataFrame({name: columns[name] for name in OPS_COLUMNS})
+            if frame.empty:  # no values to infer the column types from
+                frame = frame.astype(_OPS_DTYPES)
+            self._cache["ops"] = frame
         return self._cache["ops"]  # type: ignore[return-value]
 
     @property

@@ -85,3 +85,13 @@ def test_profile_reports_seq_in_order_and_meta():
     assert meta["device"] == "cpu" and meta["command"] == "python train.py"
     assert meta["torch_version"] == torch.__version__ and meta["wall_ms"] > 0
     assert set(meta) >= {"device_name", "triton_version", "python", "started_at", "peak_bytes"}
+
+
+def test_empty_block_gives_empty_tables_with_their_columns():
+    with profile("cpu") as prof:
+        pass
+    assert prof.ops.empty and list(prof.ops.columns)[:3] == ["seq", "op", "phase"]
+    assert prof.ops.dtypes["saved_bytes"] == "int64"
+    assert prof.lifetimes.empty and prof.timeline.empty and prof.leaks().empty
+    assert prof.graph.nodes.empty and prof.graph.edges.empty
+    assert prof.held_bytes == 0 and prof.meta["peak_bytes"] == 0
