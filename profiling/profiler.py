@@ -9,6 +9,26 @@
 Works for any PyTorch code on any device; it never keeps a tensor alive, and every hook is
 removed when the block ends, also when the block raises (the partial profile is kept).
 Tables are built when first read, so the block itself only pays for cheap bookkeeping.
+
+What the numbers mean:
+- `saved_bytes`: bytes of the storages the op's backward node saved, each storage counted once,
+  by the first op that saved it (so the column sums to what the graph saves; a view shares its
+  base's storage). `saved_new_bytes`: the part that is memory the graph adds, i.e. storages
+  created inside the block that are not leaves requiring grad (parameters, inputs).
+- `live_bytes`/`peak_bytes`: on CUDA the caching allocator's `memory_allocated` after the op
+  and `max_memory_allocated` during it (peak stats are reset at each row: the profiler owns them
+  while it runs); elsewhere the logical bytes of the storages the profiler has seen, which grow
+  when an op allocates and shrink when a storage is freed.
+- `time_ms`: host time of the call; on CUDA kernels run asynchronously, so it is launch time
+  unless the code synchronizes.
+- A custom `autograd.Function` is one row under its class name (the ops inside it folded in);
+  a backward node is one row from its pre-hook to the next node's (see `_recorder`).
+- `held_bytes` and `lifetimes` follow the saved tensors themselves: a saved tensor is released
+  when its graph lets it go (backward without `retain_graph`, or the graph being dropped).
+
+Not seen: tensors a custom Function keeps as plain attributes of `ctx` (not through
+`save_for_backward`), saved tensors packed by another `saved_tensors_hooks` inside the block
+(e.g. activation checkpointing's), and graphs built by a backward with `create_graph=True`.
 """
 
 from __future__ import annotations
