@@ -239,14 +239,15 @@ def plain_table(frame: pd.DataFrame, title: str = "") -> str:
 def rich_table(frame: pd.DataFrame, title: str = "") -> Any:
     """The same table as a `rich.table.Table` (rich must be installed)."""
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title or None, title_justify="left")
+    table = Table(title=Text(title) if title else None, title_justify="left")
     shown = display_frame(frame)
     for column, shown_name in zip(frame.columns, shown.columns, strict=True):
-        table.add_column(str(shown_name),
+        table.add_column(Text(str(shown_name)),
                          justify="right" if _is_numeric(frame[column]) else "left")
     for row in shown.itertuples(index=False):
-        table.add_row(*(str(v) for v in row))
+        table.add_row(*(Text(str(v)) for v in row))  # Text: a "[x]" in a name is not markup
     return table
 
 
@@ -287,9 +288,11 @@ def emit(sections: list[Section], fmt: str | None, header: dict[str, str],
             out.write(markdown_table(sec.frame if sec.shown is None else sec.shown))
     elif out.isatty() and importlib.util.find_spec("rich") is not None:
         from rich.console import Console
+        from rich.markup import escape
 
         console = Console(file=out)
-        console.print("\n".join(f"[bold]{k}[/bold]: {v}" for k, v in header.items()))
+        for key, value in header.items():
+            console.print(f"[bold]{escape(key)}[/bold]: {escape(value)}")
         for sec in sections:
             console.print(rich_table(sec.frame if sec.shown is None else sec.shown,
                                           sec.title))

@@ -10,9 +10,11 @@ import argparse
 import contextlib
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -230,3 +232,17 @@ def test_console_script_in_a_subprocess(tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["saved_bytes"] == 96
     assert (tmp_path / "profile_out" / "report.html").is_file()
+
+
+def test_progress_on_a_terminal_is_a_spinner_with_the_elapsed_time(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with cli.progress("job.py"):
+        time.sleep(0.6)
+    printed = terminal.getvalue()
+    assert re.search(r"profiling job\.py \(\d s\)", printed), printed  # updated while running
+    assert "profiled job.py in 0." in printed

@@ -7,6 +7,7 @@ can be checked exactly; a few use the real profiler on a chain of `sin` ops on 8
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 import shutil
@@ -317,9 +318,11 @@ def test_plain_and_rich_tables_show_the_same_cells():
     assert lines[3].split() == ["aten::sin", "forward", "3", "96", "B", "64", "B", "128", "B",
                                 "1.000"]
     assert len({len(line) for line in lines[1:3]}) == 1  # header and rule line up
-    console = Console(file=__import__("io").StringIO(), width=200)
-    console.print(html.rich_table(frame, "Top"))
-    assert "aten::sin" in console.file.getvalue() and "96 B" in console.file.getvalue()
+    console = Console(file=io.StringIO(), width=200)
+    frame.loc[0, "op"] = "[bold]not markup[/bold]"
+    console.print(html.rich_table(frame, "Top [x]"))
+    printed = console.file.getvalue()
+    assert "[bold]not markup[/bold]" in printed and "96 B" in printed and "Top [x]" in printed
 
 
 # ----------------------------------------------------------------------------- plots
@@ -421,3 +424,19 @@ def test_real_profile_saves_and_loads_back(tmp_path):
     assert loaded.leaks()["held_bytes"].tolist() == [96]
     assert "| aten::sin | forward | 3 | 96 B |" in (folder / "summary.md").read_text()
     del y
+
+
+class TerminalStream(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_emit_uses_rich_on_a_terminal_and_plain_text_in_a_pipe(monkeypatch):
+    frame = op_totals(fake_profile().ops)[html.TABLE_COLUMNS]
+    sections = [html.Section("top", "Top ops", frame)]
+    for stream, box in ((TerminalStream(), "┃"), (io.StringIO(), "---------")):
+        monkeypatch.setattr(sys, "stdout", stream)
+        html.emit(sections, None, {"peak memory": "160 B"}, {})
+        printed = stream.getvalue()
+        assert box in printed and "aten::sin" in printed and "Top ops" in printed
+        assert "peak memory" in printed and "160 B" in printed
