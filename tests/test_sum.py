@@ -15,7 +15,8 @@ from triton_kernels import reduction
 CASES = [
     ((), None, False), ((), 0, True), ((), -1, False), ((0,), None, False), ((0,), 0, True),
     ((1,), None, False), ((7,), 0, False), ((4097,), None, False), ((4097,), -1, True),
-    ((3, 5), 1, False), ((3, 5), (0,), True), ((64, 33), 0, False), ((64, 33), (-1,), True),
+    ((3, 5), 1, False), ((3, 5), (0,), True), ((3, 5), None, True), ((64, 33), 0, False),
+    ((64, 33), (-1,), True),
     ((33, 300), None, False), ((2, 3, 4), (0, 2), False), ((2, 3, 4), (-1, -3), True),
     ((2, 3, 4), (1,), False), ((5, 1, 3), (0, 2), True), ((2, 0, 3), 1, False),
     ((2, 0, 3), (0, 2), True), ((2, 3, 4), (), False),

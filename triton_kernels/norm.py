@@ -42,7 +42,8 @@ def grad_times_x_over_norm_kernel(
         grad = tl.load(grad_ptr).to(COMPUTE_DTYPE)
         norm = tl.load(norm_ptr).to(COMPUTE_DTYPE)
     else:
-        group = offsets // (n_reduced * n_inner) * n_inner + offsets % n_inner
+        # (outer, inner) of each element; dividing twice keeps every product in int64
+        group = offsets // n_reduced // n_inner * n_inner + offsets % n_inner
         grad = tl.load(grad_ptr + group, mask=mask, other=0).to(COMPUTE_DTYPE)
         norm = tl.load(norm_ptr + group, mask=mask, other=0).to(COMPUTE_DTYPE)
     # Divide by 1 where the norm is 0 (and in masked lanes): no 0/0 is ever computed.

@@ -19,10 +19,11 @@ import torch
 import triton
 import triton.language as tl
 
-from triton_kernels.runtime import kernel_for, math_dtype
+from triton_kernels.runtime import accumulate_dtype, kernel_for, math_dtype
 
 # Elements one program loads per loop step, and its warps: 8 elements per thread, i.e. two 16-byte
-# loads of fp32 (one of fp16/bf16) in flight per thread per step.
+# loads of fp32 (one of fp16/bf16) in flight per thread per step. Smaller tiles (short rows, the
+# last pass over partials) get one warp per 256 elements.
 REDUCE_TILE = 2048
 REDUCE_WARPS = 8
 # First-pass programs per SM: 8 programs of 8 warps fill an H100 SM (64 warps) in one wave.
@@ -178,7 +179,7 @@ def _reduce_pass(x3, y3, out_dtype, partial_dtype, term, cast_dtype, sqrt) -> to
         x3, y3, out, outer, reduced, inner, inner_blocks, per_program, n_chunks,
         TERM=term, CAST_DTYPE=_TL_DTYPES[cast_dtype], SQRT=sqrt and last,
         COMPUTE_DTYPE=math_dtype(out_dtype), BLOCK_OUTER=block[0], BLOCK_REDUCED=block[1],
-        BLOCK_INNER=block[2], num_warps=REDUCE_WARPS,
+        BLOCK_INNER=block[2], num_warps=max(1, math.prod(block) * REDUCE_WARPS // REDUCE_TILE),
     )  # fmt: skip
     return out
 
@@ -206,9 +207,7 @@ def reduce(
     outer, reduced, inner = x3.shape
     if outer * inner == 0 or reduced == 0:  # an empty sum is 0
         return torch.zeros(keep_shape, dtype=out_dtype, device=x.device)
-    partial_dtype = {tl.float64: torch.float64, tl.float32: torch.float32}.get(
-        math_dtype(out_dtype), torch.int64
-    )
+    partial_dtype = accumulate_dtype(out_dtype) if out_dtype.is_floating_point else torch.int64
     cast_dtype = x.dtype if cast_dtype is None else cast_dtype
     while True:
         out = _reduce_pass(x3, y3, out_dtype, partial_dtype, term, cast_dtype, sqrt)
