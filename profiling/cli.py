@@ -348,9 +348,22 @@ SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
 )
 
 
+def _device(text: str) -> str:
+    """A device torch knows and this machine has (checked before anything runs)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError as exc:
+        raise argparse.ArgumentTypeError(str(exc).split(":")[0] + f": {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine")
+    return text
+
+
 def _device_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--device", default=None,
+    parent.add_argument("--device", default=None, type=_device,
                         help="device whose memory live/peak bytes report (default: cuda if "
                         "available, else cpu)")
     return parent

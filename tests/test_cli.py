@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from profiling import cli
 from profiling.export import load_profile
@@ -88,6 +89,9 @@ def test_run_dash_m_runs_a_module_as_main(tmp_path, capsys, monkeypatch):
     (["run"], "give a script"),
     (["compare", "nowhere_a", "nowhere_b"], "cannot read profile nowhere_a"),
     (["run", "--top", "0", "x.py"], "must be at least 1"),
+    (["run", "--device", "nonsense", "x.py"], "Expected one of cpu"),
+    (["examples", "--device", "cuda:0"] if not torch.cuda.is_available() else ["run", "x.py"],
+     "CUDA is not available" if not torch.cuda.is_available() else "can't open file"),
 ])  # fmt: skip
 def test_usage_errors_exit_2_without_traceback(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
@@ -183,8 +187,6 @@ def test_compare_renders_the_diff(two_reports, capsys, tmp_path):
 
 
 def test_examples_profiles_each_example(tmp_path, capsys, monkeypatch):
-    import torch
-
     def sin_example() -> dict:
         x = torch.ones(8, requires_grad=True)
         torch.sin(torch.sin(x)).sum().backward()
@@ -246,3 +248,12 @@ def test_progress_on_a_terminal_is_a_spinner_with_the_elapsed_time(monkeypatch):
     printed = terminal.getvalue()
     assert re.search(r"profiling job\.py \(\d s\)", printed), printed  # updated while running
     assert "profiled job.py in 0." in printed
+
+
+def test_examples_runs_the_lessons_own_examples(tmp_path, capsys):
+    code, stdout, stderr = run_cli(capsys, "examples", "x_times_x", "--format", "json",
+                                   "--out", tmp_path)
+    assert code == 0, stderr
+    (row,) = json.loads(stdout)["examples"]
+    assert row["example"] == "x_times_x" and row["status"] == "ok" and row["operators"] > 0
+    assert row["held_bytes"] == 0 and (tmp_path / "x_times_x" / "report.html").is_file()
