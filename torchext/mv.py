@@ -1,16 +1,23 @@
 """`mv` (matrix @ vector) and its gradient's outer product, as autograd Functions over kernels.
 
-The two form a closed family: the backward of `mv` is an `outer` (for X) and an `mv` on Xᵀ (for
-w); the backward of `outer` is two `mv`s. So every derivative order runs on the same kernels.
+The two form a closed family: the backward of `mv` is an `outer` (for X) and an `mv` on the
+transposed view of X (for w); the backward of `outer` is two `mv`s. So every derivative order
+runs on the same two kernels. Both Functions accept one or more leading batch dimensions
+(`X` of shape (*batch, m, n)), which is what their `vmap` rules call: no loop over the batch.
 """
 
 from __future__ import annotations
 
 import torch
 
-from torchext._validation import check_device_supported, check_not_complex, check_tensor
-from torchext.mul import mul_tensors
-from torchext.sum import sum as torchext_sum
+from torchext._validation import (
+    KERNEL_DTYPES,
+    check_device_supported,
+    check_not_complex,
+    check_same_device,
+    check_tensor,
+)
+from torchext._vmap import batch_first
 from triton_kernels import mv as kernels
 
 
@@ -25,36 +32,50 @@ def _outer_op(g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 @_mv_op.register_fake
-def _mv_fake(x, w):
-    return x.new_empty(x.shape[0])
+def _mv_fake(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[:-1])
 
 
 @_outer_op.register_fake
-def _outer_fake(g, w):
-    return g.new_empty((g.shape[0], w.shape[0]))
+def _outer_fake(g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return g.new_empty((*g.shape, w.shape[-1]))
 
 
-def _save_inputs(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+# Under torch.compile the public op calls the custom op directly (Dynamo cannot trace an
+# autograd.Function that defines `jvp`, see torchext/sin.py); these formulas are its autograd.
+
+
+def _save_for_other_input(ctx, inputs, output):
+    a, b = inputs
+    ctx.save_for_backward(a if ctx.needs_input_grad[1] else None,
+                          b if ctx.needs_input_grad[0] else None)  # fmt: skip
 
 
 def _mv_op_backward(ctx, grad):
-    # Used under torch.compile only (see torchext/sin.py); the eager path is MvFunction.
     x, w = ctx.saved_tensors
-    return _outer_op(grad, w), _mv_op(x.t(), grad)
+    grad_x = _outer_op(grad, w) if ctx.needs_input_grad[0] else None
+    grad_w = _mv_op(x.mT, grad) if ctx.needs_input_grad[1] else None
+    return grad_x, grad_w
 
 
 def _outer_op_backward(ctx, grad):
     g, w = ctx.saved_tensors
-    return _mv_op(grad, w), _mv_op(grad.t(), g)
+    grad_g = _mv_op(grad, w) if ctx.needs_input_grad[0] else None
+    grad_w = _mv_op(grad.mT, g) if ctx.needs_input_grad[1] else None
+    return grad_g, grad_w
 
 
-_mv_op.register_autograd(_mv_op_backward, setup_context=_save_inputs)
-_outer_op.register_autograd(_outer_op_backward, setup_context=_save_inputs)
+_mv_op.register_autograd(_mv_op_backward, setup_context=_save_for_other_input)
+_outer_op.register_autograd(_outer_op_backward, setup_context=_save_for_other_input)
+
+
+def _add(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
+    return b if a is None else a + b
 
 
 class MvFunction(torch.autograd.Function):
-    """out = X·w; saves w if X needs a gradient and X if w does."""
+    """out = X·w for X (*batch, m, n), w (*batch, n); saves w only if X needs a gradient and X
+    only if w does (as torch does)."""
 
     @staticmethod
     def forward(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -62,40 +83,30 @@ class MvFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, w = inputs
-        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None,
-                              w if ctx.needs_input_grad[0] else None)  # fmt: skip
-        ctx.save_for_forward(x, w)
+        _save_for_other_input(ctx, inputs, output)
+        ctx.save_for_forward(*inputs)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, w = ctx.saved_tensors
-        grad_x = OuterFunction.apply(grad, w) if ctx.needs_input_grad[0] else None
-        grad_w = MvFunction.apply(x.t(), grad) if ctx.needs_input_grad[1] else None
+        grad_x = outer(grad, w) if ctx.needs_input_grad[0] else None
+        grad_w = matvec(x.mT, grad) if ctx.needs_input_grad[1] else None  # Xᵀg: a strided view
         return grad_x, grad_w
 
     @staticmethod
     def jvp(ctx, x_tangent, w_tangent):
         x, w = ctx.saved_tensors
-        out = None
-        if x_tangent is not None:
-            out = MvFunction.apply(x_tangent, w)
-        if w_tangent is not None:
-            term = MvFunction.apply(x, w_tangent)
-            out = term if out is None else out + term
-        return out
+        out = matvec(x_tangent, w) if x_tangent is not None else None
+        return _add(out, matvec(x, w_tangent)) if w_tangent is not None else out
 
     @staticmethod
     def vmap(info, in_dims, x, w):
-        # A batch of matrix-vector products: rows of X times w, summed (B·m·n intermediate).
-        x_dim, w_dim = in_dims
-        x = x.movedim(x_dim, 0) if x_dim is not None else x  # (B, m, n) or (m, n)
-        w = w.movedim(w_dim, 0).unsqueeze(-2) if w_dim is not None else w  # (B, 1, n) or (n,)
-        return torchext_sum(mul_tensors(x, w), dim=-1), 0
+        # The unbatched operand is expanded to the batch (a stride-0 view, never copied).
+        return MvFunction.apply(*batch_first(info.batch_size, in_dims, x, w)), 0
 
 
 class OuterFunction(torch.autograd.Function):
-    """out = g·wᵀ (the gradient of mv for X); saves g and w."""
+    """out = g·wᵀ for g (*batch, m), w (*batch, n): the gradient of `mv` for X."""
 
     @staticmethod
     def forward(g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -103,71 +114,71 @@ class OuterFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
+        _save_for_other_input(ctx, inputs, output)
         ctx.save_for_forward(*inputs)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         g, w = ctx.saved_tensors
-        grad_g = MvFunction.apply(grad, w) if ctx.needs_input_grad[0] else None
-        grad_w = MvFunction.apply(grad.t(), g) if ctx.needs_input_grad[1] else None
+        grad_g = matvec(grad, w) if ctx.needs_input_grad[0] else None
+        grad_w = matvec(grad.mT, g) if ctx.needs_input_grad[1] else None
         return grad_g, grad_w
 
     @staticmethod
     def jvp(ctx, g_tangent, w_tangent):
         g, w = ctx.saved_tensors
-        out = None
-        if g_tangent is not None:
-            out = OuterFunction.apply(g_tangent, w)
-        if w_tangent is not None:
-            term = OuterFunction.apply(g, w_tangent)
-            out = term if out is None else out + term
-        return out
+        out = outer(g_tangent, w) if g_tangent is not None else None
+        return _add(out, outer(g, w_tangent)) if w_tangent is not None else out
 
     @staticmethod
     def vmap(info, in_dims, g, w):
-        g_dim, w_dim = in_dims
-        g = g.movedim(g_dim, 0).unsqueeze(-1) if g_dim is not None else g.unsqueeze(-1)
-        w = w.movedim(w_dim, 0).unsqueeze(-2) if w_dim is not None else w.unsqueeze(0)
-        return mul_tensors(g, w), 0
+        return OuterFunction.apply(*batch_first(info.batch_size, in_dims, g, w)), 0
+
+
+def matvec(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Differentiable X·w for already-checked operands with any leading batch dimensions."""
+    if torch.compiler.is_compiling():
+        return _mv_op(x, w)
+    return MvFunction.apply(x, w)
 
 
 def outer(g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """`torch.outer` for 1-D tensors of one dtype: what mv's and least_squares' backward use."""
+    """Differentiable g·wᵀ (batched like `matvec`): the X-gradient of mv and least_squares."""
     if torch.compiler.is_compiling():
         return _outer_op(g, w)
     return OuterFunction.apply(g, w)
 
 
-def check_mv(op: str, x: torch.Tensor, w: torch.Tensor) -> None:
-    check_tensor(op, "input", x)
-    check_tensor(op, "vec", w, position=2)
-    for t in (x, w):
-        check_not_complex(op, t)
-        check_device_supported(op, t)
-    if x.dim() != 2 or w.dim() != 1:
-        raise RuntimeError(f"{op}: vector + matrix @ vector expected, got 1, {x.dim()}, {w.dim()}")
-    if x.shape[1] != w.shape[0]:
+def _check_mv(input: torch.Tensor, vec: torch.Tensor) -> None:
+    """torch.mv's checks in torch's order: types, ndim, sizes, dtypes, devices."""
+    check_tensor("mv", "input", input)
+    check_tensor("mv", "vec", vec, position=2)
+    for t in (input, vec):
+        check_not_complex("mv", t)
+        check_device_supported("mv", t)
+    if input.dim() != 2 or vec.dim() != 1:
         raise RuntimeError(
-            f"{op}: size mismatch, got input ({x.shape[0]}), mat ({x.shape[0]}x{x.shape[1]}), "
-            f"vec ({w.shape[0]})"
+            f"mv: vector + matrix @ vector expected, got 1, {input.dim()}, {vec.dim()}"
         )
-    if x.dtype != w.dtype:
+    if input.shape[1] != vec.shape[0]:
         raise RuntimeError(
-            f"{op}: input tensors must have the same dtype, but got {x.dtype} and {w.dtype}"
+            f"mv: size mismatch, got input ({input.shape[0]}), mat "
+            f"({input.shape[0]}x{input.shape[1]}), vec ({vec.shape[0]})"
         )
-    if x.dtype == torch.bool:
-        raise NotImplementedError(f"{op}: \"addmv\" not implemented for 'Bool'")
-    if x.device != w.device:
+    if input.dtype != vec.dtype:
         raise RuntimeError(
-            f"{op}: Expected all tensors to be on the same device, but found at least two "
-            f"devices, {x.device} and {w.device}!"
+            f"mv: input tensors must have the same dtype, but got input {input.dtype} and "
+            f"vec {vec.dtype}"
         )
+    if input.dtype == torch.bool:
+        raise NotImplementedError("mv: \"addmv\" not implemented for 'Bool'")
+    if input.is_floating_point() and input.dtype not in KERNEL_DTYPES:  # float8 and friends
+        raise TypeError(f"mv: unsupported dtype {input.dtype}")
+    check_same_device("mv", input, vec)
 
 
 def mv(input: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
-    """Drop-in for `torch.mv`: any strides of the matrix, fp32 accumulation."""
-    check_mv("mv", input, vec)
-    if torch.compiler.is_compiling():
-        return _mv_op(input, vec)
-    return MvFunction.apply(input, vec)
+    """Drop-in for `torch.mv`: any strides of the matrix (read in place), fp32 accumulation
+    (fp64 for fp64, exact int64 for integer tensors, as torch's CPU kernel allows them)."""
+    _check_mv(input, vec)
+    return matvec(input, vec)
