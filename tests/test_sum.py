@@ -218,6 +218,9 @@ def test_torch_func_transforms_match_torch():
         vmap(grad(lambda a: (a * a).sum()))(batch),
     )
     assert_close(vmap(vmap(torchext.sum))(batch), batch.sum(-1))
+    # Hessian-vector product of Σx²: forward mode through the broadcast backward gives 2t
+    square_sum_grad = grad(lambda a: torchext.sum(torchext.mul(a, a)))
+    assert_close(jvp(square_sum_grad, (x,), (t,))[1], 2 * t)
 
 
 def test_bad_input_raises_what_torch_raises():
