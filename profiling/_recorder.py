@@ -59,7 +59,7 @@ class _OpenRow:
     """A row being measured while other ops run inside it (a Function or a backward node)."""
 
     __slots__ = ("seq", "op", "phase", "module", "shapes", "dtype", "device", "output_bytes",
-                 "start", "peak", "kind", "graph_task")
+                 "start", "peak", "kind")
 
     def __init__(self, seq: int, op: str, phase: str, module: str, kind: str) -> None:
         self.seq, self.op, self.phase, self.module, self.kind = seq, op, phase, module, kind
@@ -68,10 +68,12 @@ class _OpenRow:
         self.output_bytes = 0
         self.start = time.perf_counter()
         self.peak = 0
-        self.graph_task = -1
 
 
 class _DispatchRecorder(TorchDispatchMode):
+    """Hands every aten op to the recorder (torch wraps this in `torch._disable_dynamo`, so a
+    compiled function running under the profiler never traces the recorder)."""
+
     def __init__(self, recorder: Recorder) -> None:
         super().__init__()
         self.recorder = recorder
@@ -95,7 +97,6 @@ class Recorder:
         self.started = self.stopped = False
         self.t0 = 0.0
         self._open: _OpenRow | None = None
-        self._nested_functions = 0
         self._pending: tuple[int, str, weakref.ref] | None = None
         self._op_names: dict[Any, str] = {}
         self._handles: list[Any] = []
@@ -285,23 +286,21 @@ class Recorder:
         if self._pending is not None:
             self.discover_pending()
         if self._open is not None:
-            self._nested_functions += 1
-            return None
+            return None  # a Function inside another Function or a backward node: folded
         self.seq += 1
         backward = is_backward_running()
         row = _OpenRow(self.seq, cls.__name__, "backward" if backward else "forward",
                        "" if backward else self.modules.current, "function")
-        row.shapes = [t.shape for t in _tensors(args)]
+        inputs = _tensors(args)
+        self.storages.track_all(inputs, False)
+        row.shapes = [tuple(t.shape) for t in inputs]
         self._reset_peak()
         row.peak = self._live()
         self._open = row
         return row
 
     def exit_function(self, row: _OpenRow | None, outputs: Any) -> None:
-        if row is None:
-            self._nested_functions = max(self._nested_functions - 1, 0)
-            return
-        if self._open is not row:
+        if row is None or self._open is not row:
             return  # closed by stop() already
         self._open = None
         tensors = _tensors(outputs if isinstance(outputs, (tuple, list)) else (outputs,))
