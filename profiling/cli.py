@@ -4,6 +4,7 @@
     torchext-profile run -m package.module args
     torchext-profile examples [NAME ...]
     torchext-profile compare profile_out/ other_out/
+    torchext-profile report --quick --out reports/  # the generated studies (reports.generate)
 
 Each subcommand is added by one `add_*_command(subparsers)` function listed in `SUBCOMMANDS`.
 Tables go to stdout (`--format`: an aligned table, or md/csv/json for machines); progress and
@@ -339,12 +340,35 @@ def add_compare_command(subparsers: Any) -> None:
     parser.set_defaults(handler=compare_command)
 
 
+# ----------------------------------------------------------------------------- report
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from reports.generate import main as generate_reports
+
+    try:
+        return generate_reports(args.report_args, prog=f"{PROG} report")
+    except SystemExit as exc:  # --help, or a usage error the report's parser printed
+        return _exit_code(exc)
+
+
+def add_report_command(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "report", help="regenerate the studies in reports/ (options: report --help)",
+        add_help=False, prefix_chars="\0",  # every option goes to reports.generate
+        description="Run the reports' studies; see `torchext-profile report --help`.",
+    )
+    parser.add_argument("report_args", nargs=argparse.REMAINDER)
+    parser.set_defaults(handler=report_command)
+
+
 # ----------------------------------------------------------------------------- parser
 
 SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     add_run_command,
     add_examples_command,
     add_compare_command,
+    add_report_command,
 )
 
 

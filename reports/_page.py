@@ -57,11 +57,12 @@ def bytes_table(frame: pd.DataFrame, unit: str | None = None
     scale, spec = UNITS[unit]
     shown = frame.copy()
     formats = {c: ".1f" for c in frame.columns if c.endswith("_ms")}
+    names = {}
     for column in byte_columns:
-        name = f"{column[: -len('_bytes')]} ({unit})"
-        shown[name] = shown.pop(column) / scale
-        formats[name] = spec
-    return shown, formats
+        names[column] = f"{column[: -len('_bytes')]} ({unit})"
+        shown[column] = shown[column] / scale
+        formats[names[column]] = spec
+    return shown.rename(columns=names), formats
 
 
 def _cell(value: object, fmt: Formatter | None) -> str:
@@ -104,14 +105,34 @@ def line_plot(frame: pd.DataFrame, x: str, series: Mapping[str, str], title: str
     for label, column in series.items():
         ax.plot(frame[x], frame[column] * scale, marker="o", label=label)
     if logx:
-        ax.set_xscale("log", base=2)
+        log2_ticks(ax, frame[x])
     ax.legend()
     return fig
 
 
+def lines_by(frame: pd.DataFrame, x: str, by: str, y: str, title: str, xlabel: str,
+             ylabel: str, scale: float = 1.0, logx: bool = False,
+             labels: Mapping[str, str] | None = None):
+    """One line per value of column `by`, `y` against `x`, from a long table (as the CSVs
+    hold it); `labels` maps a value of `by` to its legend text."""
+    wide = frame.pivot(index=x, columns=by, values=y).reset_index()
+    labels = labels or {}
+    series = {labels.get(v, v): v for v in dict.fromkeys(frame[by])}
+    return line_plot(wide, x, series, title, xlabel, ylabel, scale, logx)
+
+
+def log2_ticks(ax, values) -> None:
+    """A base-2 log x axis labelled with the measured x values themselves."""
+    ax.set_xscale("log", base=2)
+    ticks = sorted(set(values))
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+
+
 def bar_plot(labels: Sequence[str], groups: Mapping[str, Sequence[float]], title: str,
-             ylabel: str, xlabel: str = ""):
-    """Grouped bars: one group per label, one bar per (legend entry -> values)."""
+             ylabel: str, xlabel: str = "", reference: float | None = None):
+    """Grouped bars: one group per label, one bar per (legend entry -> values); `reference`
+    draws a dashed horizontal line (e.g. 1 for ratios)."""
     fig, ax = axes(title, xlabel, ylabel, width=max(6.4, 1.1 * len(labels) * len(groups) ** 0.5))
     width = 0.8 / max(len(groups), 1)
     for i, (name, values) in enumerate(groups.items()):
@@ -119,6 +140,8 @@ def bar_plot(labels: Sequence[str], groups: Mapping[str, Sequence[float]], title
         ax.bar(positions, values, width=width, label=name)
     ax.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 4 else 0,
                   ha="right" if len(labels) > 4 else "center")
+    if reference is not None:
+        ax.axhline(reference, color="gray", linestyle="--", linewidth=1)
     ax.legend()
     return fig
 

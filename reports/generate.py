@@ -59,7 +59,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="quick sizes: a few minutes on a CPU (same as --size quick)")
     parser.add_argument("--size", choices=("tiny", "quick", "full"),
-                        help="tiny (tests), quick (CPU) or full (GPU, the default)")
+                        help="tiny (tests), quick or full (default: full on cuda, quick on cpu)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads (default: 1 on cpu, so that timings stay "
+                        "stable on a shared machine; torch's default on cuda)")
     parser.add_argument("--only", action="append", choices=STUDIES, metavar="STUDY",
                         help=f"run only this study (repeatable): {', '.join(STUDIES)}")
     return parser
@@ -67,7 +70,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
 @contextmanager
 def _progress(total: int) -> Iterator[tuple[Callable[[str], None], Callable[[], None]]]:
-    """(describe(text), advance()) for a progress bar on stderr: rich's, else a counter."""
+    """(describe(text), advance()) for a progress bar on stderr: rich's on a terminal, else a
+    counter, one line per step (readable in logs)."""
     try:
         from rich.console import Console
         from rich.progress import (
@@ -77,7 +81,11 @@ def _progress(total: int) -> Iterator[tuple[Callable[[str], None], Callable[[], 
             TextColumn,
             TimeElapsedColumn,
         )
+        console = Console(stderr=True)
+        plain = not console.is_terminal
     except ImportError:
+        plain = True
+    if plain:
         done = [0]
 
         def describe(text: str) -> None:
@@ -90,7 +98,7 @@ def _progress(total: int) -> Iterator[tuple[Callable[[str], None], Callable[[], 
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
+    with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("reports", total=total)
         yield (lambda text: progress.update(task, description=text[:70]),
                lambda: progress.advance(task))
@@ -120,45 +128,61 @@ def write_index(out: Path, header: list[str], ran: dict[str, float]) -> Path:
     return path
 
 
+def _run_studies(studies: list[str], ctx_args: dict, describe, advance
+                 ) -> tuple[dict[str, float], list[str]]:
+    """Run each study (a failing one is reported and skipped); seconds per study, failures."""
+    ran: dict[str, float] = {}
+    failed = []
+    for study in studies:
+        describe(study)
+        ctx = Context(**ctx_args, progress=describe)
+        begin = time.perf_counter()
+        try:
+            importlib.import_module(f"reports.studies.{study}").run(ctx)
+            ran[study] = time.perf_counter() - begin
+        except Exception:  # one study failing must not cost the others
+            traceback.print_exc()
+            failed.append(study)
+        advance()
+    return ran, failed
+
+
 def main(argv: list[str] | None = None, *, prog: str = DEFAULT_PROG) -> int:
-    """Run the studies; 0 when every one wrote its page, 1 when one failed."""
+    """Run the studies; 0 when every one wrote its page, 1 when one failed, 2 on bad usage."""
     args = _parser(prog).parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print(f"{prog}: --device cuda, but CUDA is not available", file=sys.stderr)
         return 2
-    size = args.size or ("quick" if args.quick else "full")
+    if args.threads is not None and args.threads < 1:
+        print(f"{prog}: --threads must be at least 1, got {args.threads}", file=sys.stderr)
+        return 2
+    size = args.size or ("quick" if args.quick or args.device == "cpu" else "full")
+    threads = args.threads or (1 if args.device == "cpu" else torch.get_num_threads())
     studies = [s for s in STUDIES if not args.only or s in args.only]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     command = " ".join([prog, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     date = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    header = [f"- Device: {args.device}, {device_name(device)}",
+    header = [f"- Device: {args.device}, {device_name(device)}; {threads} torch thread(s)",
               f"- torch {torch.__version__}, triton {_version('triton')}, "
               f"Python {platform.python_version()}",
               f"- Date: {date}", f"- Size: {size}", f"- Command: `{command}`"]
     footer = "---\n" + " · ".join(line.removeprefix("- ") for line in header)
-    ran: dict[str, float] = {}
-    failed = []
     started = time.perf_counter()
-    with _progress(len(studies)) as (describe, advance):
-        for study in studies:
-            describe(study)
-            ctx = Context(device, size, out, footer,
-                          progress=lambda text, study=study: describe(text))
-            begin = time.perf_counter()
-            try:
-                importlib.import_module(f"reports.studies.{study}").run(ctx)
-                ran[study] = time.perf_counter() - begin
-            except Exception:  # one study failing must not cost the others
-                traceback.print_exc()
-                failed.append(study)
-            advance()
-    header.append(f"- Took {time.perf_counter() - started:.0f} s"
-                  + (f"; failed: {', '.join(failed)}" if failed else ""))
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with _progress(len(studies)) as (describe, advance):
+            ran, failed = _run_studies(studies, dict(device=device, size=size, out=out,
+                                                     footer=footer), describe, advance)
+    finally:
+        torch.set_num_threads(threads_before)
+    seconds = time.perf_counter() - started
+    header.append(f"- Took {seconds:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
     index = write_index(out, header, ran)
-    print(f"wrote {index} and {len(ran)} of {len(studies)} study pages "
-          f"in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    print(f"wrote {index} and {len(ran)} of {len(studies)} study pages in {seconds:.0f} s",
+          file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from profiling import cli
 from reports import generate
 from reports.studies import STUDIES
 from torchext import examples
@@ -134,7 +135,8 @@ def test_reverse_mode_saves_k_inputs_forward_mode_stays_flat(out: Path):
 
 
 def test_double_backward_saves_more_than_single(out: Path):
-    frame = csv(out, "second_derivatives", "grad_vs_hvp").set_index("function")
+    frame = pd.concat([csv(out, "second_derivatives", "grad_vs_hvp_lesson"),
+                       csv(out, "second_derivatives", "grad_vs_hvp_mlp")]).set_index("function")
     mlp = frame.loc["MLP loss"]
     assert mlp.hvp_saved_bytes > mlp.grad_saved_bytes
     assert mlp.hvp_saved_by_backward_bytes > 0 and mlp.hvp_held_after_first_grad_bytes > 0
@@ -159,7 +161,7 @@ def test_fused_least_squares_saves_less_than_the_compositions(out: Path):
         assert fused == rows.features.iloc[0] * FLOAT32  # its gradient, a d-vector
         assert saved_new.loc["((X @ w - y) ** 2).sum() (torch)"] == n * FLOAT32  # the residual
         assert fused < saved_new.loc["te.dot(r, r), r = te.sub(te.mv(X, w), y)"]
-    assert (fits.max_grad_difference < 1e-3).all()
+    assert (fits.max_grad_rel_difference < 1e-5).all()
     totals = csv(out, "torchext_vs_torch", "examples")
     assert set(totals.example) == set(examples.EXAMPLES)
     assert set(totals.ops) == {"torchext", "torch"}
@@ -167,18 +169,25 @@ def test_fused_least_squares_saves_less_than_the_compositions(out: Path):
     assert "LeastSquaresFunction" in set(per_op.op) and "aten::pow.Tensor_Scalar" in set(per_op.op)
 
 
-def test_only_runs_one_study_and_keeps_the_index(tmp_path: Path, monkeypatch, capsys):
+def test_cli_report_runs_only_the_study_asked(tmp_path: Path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "rich.progress", None)  # the plain counter
-    code = generate.main(["--device", "cpu", "--size", "tiny", "--only", "recomputation",
-                          "--out", str(tmp_path)])
+    code = cli.main(["report", "--device", "cpu", "--size", "tiny", "--only", "recomputation",
+                     "--out", str(tmp_path)])
     assert code == 0
     assert sorted(p.name for p in tmp_path.glob("*.md")) == ["README.md", "recomputation.md"]
     assert "[1/1] recomputation" in capsys.readouterr().err
+    index = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "- Command: `torchext-profile report --device cpu --size tiny --only" in index
 
 
-def test_bad_options(tmp_path: Path, capsys):
-    with pytest.raises(SystemExit):
-        generate.main(["--only", "nonsense", "--out", str(tmp_path)])
-    if not torch.cuda.is_available():
-        assert generate.main(["--device", "cuda", "--out", str(tmp_path)]) == 2
-        assert "CUDA is not available" in capsys.readouterr().err
+def test_cli_report_help_and_usage_errors(capsys):
+    assert cli.main(["report", "--help"]) == 0
+    assert "usage: torchext-profile report" in capsys.readouterr().out
+    assert cli.main(["report", "--only", "nonsense"]) == 2
+
+
+def test_cuda_without_cuda_is_a_clear_error(tmp_path: Path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here: asking for it is not an error")
+    assert generate.main(["--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err

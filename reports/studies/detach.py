@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from profiling import profile
 
 from .. import models
-from .._page import Page, human_bytes, line_plot
+from .._page import MIB, Page, human_bytes, lines_by
 from ._common import Context, compare_ms, measure, peak_bytes, zero_grads
 
 NAME = "detach"
@@ -284,11 +284,9 @@ def run(ctx: Context) -> Page:
               f"{human_bytes(train.held_after_loop_bytes)} of them, but "
               f"{int(train.graph_nodes_alive)} graph nodes stay alive (and with them the loss "
               f"history): still a leak, of host memory.")
-    fig = line_plot(per_iteration.pivot(index="iteration", columns="code",
-                                        values="held_bytes").reset_index(),
-                    "iteration", {code: code for code in ACCUMULATIONS},
-                    "Bytes held by autograd graphs during the loop", "iteration",
-                    "held by graphs (MiB)", scale=1 / 2**20)
+    fig = lines_by(per_iteration, "iteration", "code", "held_bytes",
+                   "Bytes held by autograd graphs during the loop", "iteration",
+                   "held by graphs (MiB)", scale=1 / MIB)
     page.figure(fig, "held_per_iteration", "held bytes after each iteration, per loop")
     page.csv(per_iteration, "held_per_iteration", "Held bytes after each iteration")
     page.text("What `prof.leaks()` reports after the loops (graphs still alive, largest first):")
@@ -302,14 +300,12 @@ def run(ctx: Context) -> Page:
                  "`retain_graph=True`: every backward then walks all earlier chunks again and "
                  "the whole history stays in memory.")
     page.table(bptt, "truncated_bptt")
-    series = {"detach()": "detach()", "carried, retain_graph=True": "carried"}
-    for column, unit, label in (("peak_bytes", 1 / 2**20, "peak memory (MiB)"),
+    for column, unit, label in (("peak_bytes", 1 / MIB, "peak memory (MiB)"),
                                 ("time_ms", 1.0, "time for the sequence (ms)")):
-        wide = bptt.pivot(index="sequence_length", columns="state between chunks",
-                          values=column).reset_index()
-        fig = line_plot(wide, "sequence_length", series,
-                        f"LSTM LM: {label.split(' (')[0]} vs sequence length",
-                        "sequence length (tokens)", label, scale=unit)
+        fig = lines_by(bptt, "sequence_length", "state between chunks", column,
+                       f"LSTM LM: {label.split(' (')[0]} vs sequence length",
+                       "sequence length (tokens)", label, scale=unit,
+                       labels={"carried": "carried, retain_graph=True"})
         page.figure(fig, f"bptt_{column.split('_')[0]}", f"LSTM {label} against length")
 
     page.section("(c) GAN discriminator step: `fake.detach()`",

@@ -15,7 +15,7 @@ import torch
 import torchext
 
 from .. import models
-from .._page import Page, axes, human_bytes, line_plot, ratio
+from .._page import MIB, Page, axes, human_bytes, line_plot, log2_ticks, ratio
 from ._common import Context, compare_ms, measure, peak_bytes, saved_bytes
 
 NAME = "forward_vs_reverse"
@@ -129,9 +129,11 @@ def run(ctx: Context) -> Page:
     widest = inputs.iloc[-1]
     page.set_answer(
         f"Reverse mode's memory grows with the chain: one gradient through k sin ops on "
-        f"{last.n} floats saved {_growth(torch_chain, 'reverse_saved_bytes')} (k·n·4 bytes), "
-        f"while a forward-mode JVP saved nothing and peaked at "
-        f"{_growth(torch_chain, 'forward_peak_bytes')}. But forward mode needs a pass per "
+        f"{last.n} floats saved {_growth(torch_chain, 'reverse_saved_bytes')} (k·n·4 bytes) "
+        f"and peaked at {human_bytes(last.reverse_peak_bytes)} at k = {last.k}, while one "
+        f"forward-mode JVP saved {human_bytes(torch_chain.forward_saved_bytes.max())} and its "
+        f"peak never exceeded {human_bytes(torch_chain.forward_peak_bytes.max())} for any k. "
+        f"But forward mode needs a pass per "
         f"input: the full gradient of {widest.inputs} inputs took {widest.forward_ms:.1f} ms as "
         f"{widest.inputs} JVPs vs {widest.reverse_ms:.1f} ms as one backward "
         f"({ratio(widest.forward_ms, widest.reverse_ms):.0f}x), so use reverse mode for "
@@ -156,7 +158,7 @@ def run(ctx: Context) -> Page:
                                      "reverse mode: peak": "reverse_peak_bytes",
                                      "forward mode (jvp): peak": "forward_peak_bytes"},
                         f"Memory of one derivative vs chain length ({label}, n={frame.n.iloc[0]})",
-                        "chain length k (ops)", "memory (MiB)", scale=1 / 2**20, logx=True)
+                        "chain length k (ops)", "memory (MiB)", scale=1 / MIB, logx=True)
         page.figure(fig, f"memory_vs_k_{label.split('.')[0]}", f"memory against k, {label}")
     fig = line_plot(torch_chain, "k", {"reverse mode": "reverse_ms", "forward mode (jvp)":
                                        "forward_ms"},
@@ -178,7 +180,7 @@ def run(ctx: Context) -> Page:
     fig, ax = axes("Full gradient of n inputs: time", "inputs n", "time (ms)")
     ax.plot(inputs.inputs, inputs.reverse_ms, marker="o", label="reverse: 1 backward")
     ax.plot(inputs.inputs, inputs.forward_ms, marker="o", label="forward: n JVPs")
-    ax.set_xscale("log", base=2)
+    log2_ticks(ax, inputs.inputs)
     ax.set_yscale("log")
     ax.legend()
     page.figure(fig, "time_vs_inputs", "time of the full gradient against the number of inputs")

@@ -12,7 +12,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from .. import models
-from .._page import Page, axes, human_bytes, line_plot, ratio
+from .._page import MIB, Page, axes, human_bytes, lines_by, ratio
 from ._common import Context, compare_ms, measure, peak_bytes, zero_grads
 
 NAME = "recomputation"
@@ -83,18 +83,17 @@ def run(ctx: Context) -> Page:
                  "(`max_grad_difference`). `checkpoint(layer, h, src_mask=mask, "
                  "use_reentrant=False)`.")
     page.table(frame, "checkpointing", {"max_grad_difference": ".2e"})
-    wide = frame.pivot(index="layers", columns="way", values="saved_bytes").reset_index()
-    fig = line_plot(wide, "layers", {w: w for w in WAYS},
-                    "Bytes saved for backward vs encoder depth", "encoder layers",
-                    "saved for backward (MiB)", scale=1 / 2**20)
+    fig = lines_by(frame, "layers", "way", "saved_bytes",
+                   "Bytes saved for backward vs encoder depth", "encoder layers",
+                   "saved for backward (MiB)", scale=1 / MIB)
     page.figure(fig, "saved_vs_layers", "saved bytes against depth")
     fig, ax = axes("Peak memory vs step time (each point: one depth)", "step time (ms)",
                    "peak memory (MiB)")
     for way in WAYS:
         part = frame[frame.way == way]
-        ax.plot(part.step_ms, part.peak_bytes / 2**20, marker="o", label=way)
+        ax.plot(part.step_ms, part.peak_bytes / MIB, marker="o", label=way)
         for row in part.itertuples():
-            ax.annotate(f"{row.layers}L", (row.step_ms, row.peak_bytes / 2**20),
+            ax.annotate(f"{row.layers}L", (row.step_ms, row.peak_bytes / MIB),
                         textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.legend()
     page.figure(fig, "peak_vs_time", "peak memory against step time, per depth")

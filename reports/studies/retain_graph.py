@@ -13,7 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from .. import models
-from .._page import Page, human_bytes, line_plot, ratio
+from .._page import MIB, Page, human_bytes, line_plot, ratio
 from ._common import (
     Context,
     compare_ms,
@@ -215,7 +215,7 @@ def run(ctx: Context) -> Page:
         fig = line_plot(part, axis, {"backward(retain_graph=True)": "held_after_retain_bytes",
                                      "backward()": "held_after_plain_bytes"},
                         f"Held after backward vs MLP {axis}", f"MLP {axis}",
-                        "bytes held after backward (MiB)", scale=1 / 2**20,
+                        "bytes held after backward (MiB)", scale=1 / MIB,
                         logx=axis == "batch")
         page.figure(fig, f"held_vs_{axis}", f"held bytes after backward against MLP {axis}")
     page.text("On each real model (one training step at this run's size):")

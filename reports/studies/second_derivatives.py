@@ -47,10 +47,17 @@ class Objective:
         return torch.autograd.grad(dot, self.params)
 
 
+LESSON_FEATURES = 16
+
+
+def lesson_n(ctx: Context) -> int:
+    """Vector length for the lesson's functions (small on CPU: Triton's interpreter)."""
+    return ctx.pick(tiny=64, quick=4096, full=2**20) if ctx.device.type == "cpu" else 2**20
+
+
 def lesson_objectives(ctx: Context) -> list[Objective]:
     """The lesson's functions on torchext ops, on vectors of n elements."""
-    n = ctx.pick(tiny=64, quick=4096, full=2**20) if ctx.device.type == "cpu" else 2**20
-    d = 16
+    n, d = lesson_n(ctx), LESSON_FEATURES
     x = models.normal(n, device=ctx.device, seed=0).requires_grad_()
     a = models.normal(n, device=ctx.device, seed=1).requires_grad_()
     X = models.normal(n, d, device=ctx.device, seed=2)
@@ -117,13 +124,17 @@ def run(ctx: Context) -> Page:
                  "grad* is `prof.held_bytes` once `grads` exist. The lesson's functions run on "
                  "torchext ops (their backward is made of differentiable torchext ops); the MLP "
                  "on torch ops.")
-    page.table(frame, "grad_vs_hvp", {"saved_ratio": ".2f", "peak_ratio": ".2f",
-                                       "time_ratio": ".2f"})
+    ratios = {"saved_ratio": ".2f", "peak_ratio": ".2f", "time_ratio": ".2f"}
+    page.text(f"The lesson's functions on torchext ops (vectors of {lesson_n(ctx)} elements; "
+              f"X is {lesson_n(ctx)} x {LESSON_FEATURES}):")
+    page.table(frame.iloc[:-1], "grad_vs_hvp_lesson", ratios)
+    page.text("The MLP on torch ops (one batch, gradient and product over all parameters):")
+    page.table(frame.iloc[-1:], "grad_vs_hvp_mlp", ratios)
     fig = bar_plot(list(frame.function), {"saved (hvp / grad)": list(frame.saved_ratio),
                                           "peak (hvp / grad)": list(frame.peak_ratio),
                                           "time (hvp / grad)": list(frame.time_ratio)},
                    "Cost of a Hessian-vector product relative to a gradient",
-                   "ratio hvp / grad (x)")
+                   "ratio hvp / grad (x)", reference=1.0)
     page.figure(fig, "hvp_over_grad", "ratios of hvp to grad: saved bytes, peak, time")
     lesson = frame.iloc[:-1]
     page.text(f"On the lesson's functions the create_graph backward itself saved at most "
