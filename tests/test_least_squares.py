@@ -7,7 +7,7 @@ from torch.func import grad, jvp, vmap
 
 import torchext
 from tests.conftest import assert_close
-from triton_kernels.least_squares import least_squares_forward
+from triton_kernels.least_squares import block_sizes, least_squares_forward
 
 # (m, n): 1×1, several row blocks per program (300×20), column steps that do not divide n
 # (3×300: two 256-wide steps), empty m or n, tall and wide.
@@ -97,6 +97,14 @@ def test_grid_loop_and_batch_match_per_sample_sums(n_programs):
     loss, grad_w, residual = least_squares_forward(X[0], w[0], y[0], False, False, n_programs)
     assert_close(loss, (r[0] * r[0]).sum())
     assert grad_w.shape == residual.shape == (0,)
+
+
+def test_rows_wider_than_the_cache_budget_get_two_row_blocks():
+    X, w, y = _inputs(3, 8500, requires_grad=(False, False, False))
+    assert block_sizes(8500, X.element_size()) == (2, 256)  # 8500 fp64 columns > 64 KiB
+    loss, grad_w, _ = least_squares_forward(X, w, y, True, False)
+    assert_close(loss, reference(X, w, y))
+    assert_close(grad_w, 2 * X.T @ (X @ w - y))
 
 
 def test_gradcheck_and_gradgradcheck():

@@ -5,7 +5,7 @@ from torch.func import grad, jvp, vmap
 
 import torchext
 from tests.conftest import assert_close
-from triton_kernels.mv import mv_forward, outer_forward
+from triton_kernels.mv import as_batched, mv_forward, outer_forward
 
 # (m, n): 1×1, sizes that are not multiples of the 32×128 block, empty m or n, tall and wide.
 SHAPES = [(1, 1), (3, 5), (33, 130), (0, 4), (4, 0), (1, 200), (200, 1), (70, 9)]
@@ -56,6 +56,8 @@ def test_non_contiguous_inputs_are_read_in_place(device):
         (base[:4, :7], vec[:14].view(7, 2)[:, 0]),
     ]
     for x, w in cases:
+        batched = as_batched(x, 2)  # what the launcher hands the kernel: a view, never a copy
+        assert batched.data_ptr() == x.data_ptr() and batched.stride()[1:] == x.stride()
         x, w = x.requires_grad_(), w.detach().requires_grad_()
         x_ref, w_ref = (t.detach().clone().requires_grad_() for t in (x, w))
         out, out_ref = torchext.mv(x, w), torch.mv(x_ref, w_ref)

@@ -23,12 +23,13 @@ import torch
 import triton
 import triton.language as tl
 
-from triton_kernels.mv import as_batched
+from triton_kernels.mv import as_batched, sm_count
 from triton_kernels.reduction import sum_forward
 from triton_kernels.runtime import accumulate_dtype, compute_dtype, kernel_for
 
 LSQ_MAX_BLOCK_N = 256
 LSQ_MAX_BLOCK_M = 64
+LSQ_MIN_BLOCK_M = 2  # rows wider than the cache budget still get a 2-row tile
 LSQ_MAX_TILE = 8192  # elements of X one program loads per loop step
 LSQ_ROW_BLOCK_BYTES = 64 * 1024  # a row block this small is still cached for the gradient sweep
 LSQ_WARPS = 4
@@ -98,6 +99,9 @@ def least_squares_kernel(
                 partial = tl.load(grad_w_partial + cols, mask=col_mask, other=0)
                 partial += tl.sum(two_r[:, None] * x.to(COMPUTE_DTYPE), axis=0)
                 tl.store(grad_w_partial + cols, partial, mask=col_mask)
+            # The next row block reads these partials back; the compiler may map elements to
+            # other threads for that load than for this store: make the stores visible first.
+            tl.debug_barrier()
     tl.store(loss_partial_ptr + pid, tl.sum(loss, axis=0))
 
 
@@ -106,14 +110,13 @@ def block_sizes(n: int, itemsize: int) -> tuple[int, int]:
     block_n = min(LSQ_MAX_BLOCK_N, max(16, triton.next_power_of_2(n)))
     rows_in_budget = max(1, LSQ_ROW_BLOCK_BYTES // max(n * itemsize, 1))
     block_m = min(LSQ_MAX_BLOCK_M, LSQ_MAX_TILE // block_n, 1 << (rows_in_budget.bit_length() - 1))
-    return block_m, block_n
+    return max(block_m, LSQ_MIN_BLOCK_M), block_n
 
 
 def programs_per_batch(n_row_blocks: int, batch: int, device: torch.device) -> int:
     """Persistent grid: enough programs to fill the GPU, each looping over several row blocks."""
     if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        target = max(1, LSQ_PROGRAMS_PER_SM * sms // max(batch, 1))
+        target = max(1, LSQ_PROGRAMS_PER_SM * sm_count(device) // max(batch, 1))
     else:
         target = LSQ_CPU_PROGRAMS
     return max(1, min(target, n_row_blocks))

@@ -13,6 +13,7 @@ per-split partial sums are reduced afterwards by the split-reduction kernel.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -123,11 +124,21 @@ def _partial_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (cached: the query is not free per launch)."""
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def mv_split_cols(programs: int, n: int, device: torch.device) -> int:
     """Columns per program: all of them, unless the row blocks alone leave SMs idle (CUDA)."""
     if device.type != "cuda":
         return max(n, 1)  # the interpreter runs programs one by one: splitting only costs
-    target = PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    target = PROGRAMS_PER_SM * sm_count(device)
     splits = min(triton.cdiv(target, programs), triton.cdiv(n, MV_MIN_SPLIT_COLS))
     if splits <= 1:
         return max(n, 1)
