@@ -1,4 +1,8 @@
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -259,6 +263,76 @@ def test_compiled_function_matches_eager():
     assert_close(y, f(x))
     assert_close(y, y_ref)
     assert_close(gx, gx_ref)
+
+
+# Compiles kernels for sm_90 as the JIT would specialise them for the given argument values (ints
+# of 1 become constants, multiples of 16 and pointers are marked aligned) and prints their global
+# loads. A fresh process: Triton's interpreter, once run, leaves `triton.language` patched.
+_SM90_LOADS = """
+import importlib, inspect, json, re, sys
+import triton, triton.language as tl
+from triton._C.libtriton import native_specialize_impl
+from triton.backends.compiler import BaseBackend, GPUTarget
+from triton.compiler import ASTSource
+
+def loads(module, name, args, constexprs, num_warps):
+    kernel = getattr(importlib.import_module(module), name)
+    signature, attrs = {}, {}
+    constexprs = {k: getattr(tl, v) if isinstance(v, str) else v for k, v in constexprs.items()}
+    for i, arg in enumerate(inspect.signature(kernel.fn).parameters):
+        value = args.get(arg)
+        if arg in constexprs:
+            signature[arg] = "constexpr"
+        elif isinstance(value, str):  # a pointer: "*fp32", ...
+            signature[arg], attrs[(i,)] = value, [["tt.divisibility", 16]]
+        else:
+            ty, spec = native_specialize_impl(BaseBackend, value, False, True, True)
+            signature[arg] = ty
+            if ty == "constexpr":
+                constexprs[arg] = spec
+            elif spec == "D":
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    source = ASTSource(kernel, signature, constexprs, attrs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": num_warps})
+    return re.findall(r"ld\\.global[\\w.:]*", compiled.asm["ptx"])
+
+print(json.dumps([loads(*case) for case in json.loads(sys.argv[1])]))
+"""
+
+_SPLIT = dict(x_ptr="*fp32", y_ptr="*fp32", out_ptr="*fp32")
+_SPLIT_CONSTEXPRS = dict(TERM=2, CAST_DTYPE="float32", SQRT=False, COMPUTE_DTYPE="float32")
+# (what, kernel args, tile); fp32 inputs, sizes as the benchmarks and sum_to_shape meet them
+_SM90_CASES = [
+    ("full reduction of 2^24", dict(n_outer=1, n_reduced=2**24, n_inner=1, n_inner_blocks=1,
+                                    reduced_per_program=16384, n_chunks=1024), (1, 2048, 1)),
+    ("rows of 32", dict(n_outer=10_000, n_reduced=32, n_inner=1, n_inner_blocks=1,
+                        reduced_per_program=32, n_chunks=1), (64, 32, 1)),
+    ("dim 0 of (4096, 1024)", dict(n_outer=1, n_reduced=4096, n_inner=1024, n_inner_blocks=4,
+                                   reduced_per_program=32, n_chunks=128), (1, 8, 256)),
+]  # fmt: skip
+
+
+def test_kernels_compile_for_sm90_with_16_byte_loads(tmp_path):
+    """No GPU here: compile the reduction and norm-gradient kernels as the JIT would for typical
+    fp32 inputs and check each thread loads 16 bytes at a time (what HBM bandwidth needs)."""
+    cases = [
+        [reduction.__name__, "reduce_split_kernel", {**_SPLIT, **args},
+         {**_SPLIT_CONSTEXPRS, "BLOCK_OUTER": o, "BLOCK_REDUCED": r, "BLOCK_INNER": i}, 8]
+        for _, args, (o, r, i) in _SM90_CASES
+    ] + [["triton_kernels.norm", "grad_times_x_over_norm_kernel",
+          dict(grad_ptr="*fp32", x_ptr="*fp32", norm_ptr="*fp32", out_ptr="*fp32",
+               n_elements=2**24, n_reduced=2**24, n_inner=1),
+          dict(ONE_GROUP=True, COMPUTE_DTYPE="float32", BLOCK=1024), 4]]  # fmt: skip
+    env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path)}  # a real compile, not a cache hit
+    done = subprocess.run([sys.executable, "-c", _SM90_LOADS, json.dumps(cases)], env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    *split_loads, norm_loads = json.loads(done.stdout.splitlines()[-1])
+    for (what, _, _), loads in zip(_SM90_CASES, split_loads, strict=True):
+        assert loads and set(loads) == {"ld.global.v4.b32"}, what
+    # x in 16-byte vectors; grad and the norm are one scalar each
+    assert norm_loads.count("ld.global.b32") == 2 and "ld.global.v4.b32" in norm_loads
 
 
 def test_large_reduction_on_gpu():
