@@ -1,17 +1,24 @@
-"""`mul` (`a * b`, broadcasting, Python scalars) as an autograd Function over a Triton kernel.
+"""`mul` (`a * b`, broadcasting, Python numbers on either side) as autograd Functions.
 
-Its backward is again a product (`grad * b`, `grad * a`) summed back over broadcast dimensions,
-so gradients of every order run on the same kernel.
+Two Functions: `MulFunction` for tensor × tensor and `MulScalarFunction` for tensor × Python
+number (the number is a kernel argument, never a tensor). The backward of each is again a
+product (`grad * b`, `grad * a`, `grad * scalar`) summed back over broadcast dimensions with
+torchext.sum, so gradients of every order run on our kernels.
+
+Integer and bool tensors follow torch: int × int stays an integer (computed exactly in int64
+and wrapped to the result dtype, as torch wraps), bool × bool is bool, int × float promotes.
 """
 
 from __future__ import annotations
 
 import torch
 
-from torchext._broadcast import sum_to_shape
-from torchext._validation import binary_operands, result_type
+from torchext._broadcast import Number, broadcast_operands, sum_to_shape
+from torchext._validation import result_type
 from torchext._vmap import batch_first_aligned
 from triton_kernels import mul as kernels
+
+# Launchers as opaque custom ops (see torchext/sin.py): torch.compile sees one node per kernel.
 
 
 @torch.library.custom_op("torchext::mul", mutates_args=())
@@ -19,9 +26,24 @@ def _mul_op(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.T
     return kernels.mul_forward(a, b, out_dtype)
 
 
+@torch.library.custom_op("torchext::mul_scalar", mutates_args=())
+def _mul_scalar_op(
+    x: torch.Tensor, scalar: bool | int | float, out_dtype: torch.dtype
+) -> torch.Tensor:
+    return kernels.mul_scalar_forward(x, scalar, out_dtype)
+
+
 @_mul_op.register_fake
 def _mul_fake(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     return a.new_empty(torch.broadcast_shapes(a.shape, b.shape), dtype=out_dtype)
+
+
+@_mul_scalar_op.register_fake
+def _mul_scalar_fake(x: torch.Tensor, scalar, out_dtype: torch.dtype) -> torch.Tensor:
+    return x.new_empty(x.shape, dtype=out_dtype)
+
+
+# Under torch.compile the public op calls the custom ops, with these autograd formulas.
 
 
 def _mul_op_setup_context(ctx, inputs, output):
@@ -30,19 +52,51 @@ def _mul_op_setup_context(ctx, inputs, output):
 
 
 def _mul_op_backward(ctx, grad):
-    # Used under torch.compile only (see torchext/sin.py); the eager path is MulFunction.
     a, b = ctx.saved_tensors
-    grad_a = sum_to_shape(_mul_op(grad, b, result_type(grad, b)), a.shape)
-    grad_b = sum_to_shape(_mul_op(grad, a, result_type(grad, a)), b.shape)
+    grad_a = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_a = sum_to_shape(_mul_op(grad, b, result_type(grad, b)), a.shape)
+    if ctx.needs_input_grad[1]:
+        grad_b = sum_to_shape(_mul_op(grad, a, result_type(grad, a)), b.shape)
     return grad_a, grad_b, None
 
 
+def _mul_scalar_op_setup_context(ctx, inputs, output):
+    ctx.scalar = inputs[1]
+
+
+def _mul_scalar_op_backward(ctx, grad):
+    return _mul_scalar_op(grad, ctx.scalar, grad.dtype), None, None
+
+
 _mul_op.register_autograd(_mul_op_backward, setup_context=_mul_op_setup_context)
+_mul_scalar_op.register_autograd(
+    _mul_scalar_op_backward, setup_context=_mul_scalar_op_setup_context
+)
 
 
 def mul_tensors(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """`a * b` for two tensors already checked; what backward and other ops call."""
-    return MulFunction.apply(a, b, result_type(a, b))
+    """`a * b` for two tensors already checked; what backward formulas and other ops call."""
+    out_dtype = result_type(a, b)
+    if torch.compiler.is_compiling():
+        return _mul_op(a, b, out_dtype)
+    return MulFunction.apply(a, b, out_dtype)
+
+
+def mul_scalar(x: torch.Tensor, scalar: Number, out_dtype: torch.dtype | None = None):
+    """`x * scalar` for a checked tensor and Python number, stored as `out_dtype`
+    (default: torch's result dtype)."""
+    out_dtype = result_type(x, scalar) if out_dtype is None else out_dtype
+    if torch.compiler.is_compiling():
+        return _mul_scalar_op(x, scalar, out_dtype)
+    return MulScalarFunction.apply(x, scalar, out_dtype)
+
+
+def _add(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """`a + b` on our kernels (`sub` with alpha = -1), for the product rule in `jvp`."""
+    from torchext.sub import sub_tensors  # sub imports this module
+
+    return sub_tensors(a, b, -1, out_dtype)
 
 
 class MulFunction(torch.autograd.Function):
@@ -54,11 +108,11 @@ class MulFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        a, b, _ = inputs
+        a, b, out_dtype = inputs
         needs_a, needs_b = ctx.needs_input_grad[:2]
         ctx.save_for_backward(a if needs_b else None, b if needs_a else None)
         ctx.save_for_forward(a, b)
-        ctx.shapes = (a.shape, b.shape)
+        ctx.shapes, ctx.out_dtype = (a.shape, b.shape), out_dtype
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -69,15 +123,15 @@ class MulFunction(torch.autograd.Function):
         return grad_a, grad_b, None
 
     @staticmethod
-    def jvp(ctx, a_tangent, b_tangent, _):
+    def jvp(ctx, a_tangent, b_tangent, _out_dtype):
+        # The product rule; each term already has the broadcast shape and the result dtype.
         a, b = ctx.saved_tensors
-        out = None
+        terms = []
         if a_tangent is not None:
-            out = mul_tensors(a_tangent, b)
+            terms.append(MulFunction.apply(a_tangent, b, ctx.out_dtype))
         if b_tangent is not None:
-            term = mul_tensors(a, b_tangent)
-            out = term if out is None else out + term
-        return out.expand(torch.broadcast_shapes(a.shape, b.shape))
+            terms.append(MulFunction.apply(a, b_tangent, ctx.out_dtype))
+        return terms[0] if len(terms) == 1 else _add(*terms, ctx.out_dtype)
 
     @staticmethod
     def vmap(info, in_dims, a, b, out_dtype):
@@ -85,9 +139,37 @@ class MulFunction(torch.autograd.Function):
         return MulFunction.apply(a, b, out_dtype), 0
 
 
-def mul(input: torch.Tensor, other: torch.Tensor | float) -> torch.Tensor:
-    """Drop-in for `torch.mul`: broadcasting, Python numbers, torch's type promotion."""
-    input, other, out_dtype = binary_operands("mul", input, other)
+class MulScalarFunction(torch.autograd.Function):
+    """out = x·scalar for a Python number; saves no tensor."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, scalar: Number, out_dtype: torch.dtype) -> torch.Tensor:
+        return _mul_scalar_op(x, scalar, out_dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, ctx.scalar, ctx.out_dtype = inputs
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return MulScalarFunction.apply(grad, ctx.scalar, grad.dtype), None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, _scalar, _out_dtype):
+        return MulScalarFunction.apply(x_tangent, ctx.scalar, ctx.out_dtype)
+
+    @staticmethod
+    def vmap(info, in_dims, x, scalar, out_dtype):
+        return MulScalarFunction.apply(x, scalar, out_dtype), in_dims[0]
+
+
+def mul(input: torch.Tensor | Number, other: torch.Tensor | Number) -> torch.Tensor:
+    """Drop-in for `torch.mul`: broadcasting, Python numbers on either side, torch's promotion."""
+    input, other, out_dtype = broadcast_operands("mul", input, other)
+    if not isinstance(input, torch.Tensor):  # 2 * x: the product commutes
+        input, other = other, input
+    if not isinstance(other, torch.Tensor):
+        return mul_scalar(input, other, out_dtype)
     if torch.compiler.is_compiling():
         return _mul_op(input, other, out_dtype)
     return MulFunction.apply(input, other, out_dtype)

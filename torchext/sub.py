@@ -1,74 +1,121 @@
-"""`sub` (`a - alpha·b`, broadcasting, Python scalars) as an autograd Function over a Triton kernel.
+"""`sub` (`a - alpha·b`, broadcasting, Python numbers on either side) as autograd Functions.
 
 Nothing is saved for backward: the gradients are `grad` and `-alpha·grad`, summed back over
-broadcast dimensions.
+broadcast dimensions with torchext.sum. Like torch, bool operands are refused, and so is a
+float `alpha` for integer results; integer results are exact (int64 math, wrapped like torch).
 """
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
-from torchext._broadcast import sum_to_shape
-from torchext._validation import binary_operands, result_type
+from torchext._broadcast import Number, broadcast_operands, python_number, sum_to_shape
+from torchext._validation import result_type
 from torchext._vmap import batch_first_aligned
-from torchext.mul import mul
+from torchext.mul import MulScalarFunction, mul_scalar
 from triton_kernels import sub as kernels
+
+_Scalar = bool | int | float  # the custom ops' schema type (`Scalar`)
 
 
 @torch.library.custom_op("torchext::sub", mutates_args=())
-def _sub_op(a: torch.Tensor, b: torch.Tensor, alpha: float, out_dtype: torch.dtype) -> torch.Tensor:
+def _sub_op(
+    a: torch.Tensor, b: torch.Tensor, alpha: _Scalar, out_dtype: torch.dtype
+) -> torch.Tensor:
     return kernels.sub_forward(a, b, alpha, out_dtype)
 
 
+@torch.library.custom_op("torchext::sub_scalar", mutates_args=())
+def _sub_scalar_op(
+    x: torch.Tensor, scalar: _Scalar, alpha: _Scalar, scalar_first: bool, out_dtype: torch.dtype
+) -> torch.Tensor:
+    return kernels.sub_scalar_forward(x, scalar, alpha, scalar_first, out_dtype)
+
+
 @_sub_op.register_fake
-def _sub_fake(a: torch.Tensor, b: torch.Tensor, alpha: float, out_dtype: torch.dtype):
+def _sub_fake(a: torch.Tensor, b: torch.Tensor, alpha, out_dtype: torch.dtype) -> torch.Tensor:
     return a.new_empty(torch.broadcast_shapes(a.shape, b.shape), dtype=out_dtype)
 
 
+@_sub_scalar_op.register_fake
+def _sub_scalar_fake(x: torch.Tensor, scalar, alpha, scalar_first, out_dtype: torch.dtype):
+    return x.new_empty(x.shape, dtype=out_dtype)
+
+
+def _reduced_grads(ctx, grad: torch.Tensor, a_shape, b_shape):
+    """(grad, -alpha·grad), each summed to its input's shape (the scale applied after the sum)."""
+    grad_a = sum_to_shape(grad, a_shape) if ctx.needs_input_grad[0] else None
+    grad_b = None
+    if ctx.needs_input_grad[1]:
+        grad_b = mul_scalar(sum_to_shape(grad, b_shape), -ctx.alpha)
+    return grad_a, grad_b
+
+
+# Under torch.compile the public op calls the custom ops, with these autograd formulas.
+
+
 def _sub_op_setup_context(ctx, inputs, output):
-    a, b, alpha, _ = inputs
-    ctx.shapes, ctx.alpha = (a.shape, b.shape), alpha
+    a, b, ctx.alpha, _ = inputs
+    ctx.shapes = (a.shape, b.shape)
 
 
 def _sub_op_backward(ctx, grad):
-    # Used under torch.compile only (see torchext/sin.py); the eager path is SubFunction.
-    a_shape, b_shape = ctx.shapes
-    return sum_to_shape(grad, a_shape), sum_to_shape(mul(grad, -ctx.alpha), b_shape), None, None
+    return *_reduced_grads(ctx, grad, *ctx.shapes), None, None
+
+
+def _sub_scalar_op_setup_context(ctx, inputs, output):
+    _, _, ctx.alpha, ctx.scalar_first, _ = inputs
+
+
+def _sub_scalar_op_backward(ctx, grad):
+    return (mul_scalar(grad, -ctx.alpha) if ctx.scalar_first else grad), None, None, None, None
 
 
 _sub_op.register_autograd(_sub_op_backward, setup_context=_sub_op_setup_context)
+_sub_scalar_op.register_autograd(
+    _sub_scalar_op_backward, setup_context=_sub_scalar_op_setup_context
+)
+
+
+def sub_tensors(
+    a: torch.Tensor, b: torch.Tensor, alpha: Number = 1, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """`a - alpha * b` for two checked tensors (default dtype: torch's result dtype)."""
+    out_dtype = result_type(a, b) if out_dtype is None else out_dtype
+    if torch.compiler.is_compiling():
+        return _sub_op(a, b, alpha, out_dtype)
+    return SubFunction.apply(a, b, alpha, out_dtype)
 
 
 class SubFunction(torch.autograd.Function):
     """out = a − alpha·b; saves no tensor, only the shapes to reduce broadcast gradients to."""
 
     @staticmethod
-    def forward(a: torch.Tensor, b: torch.Tensor, alpha: float, out_dtype: torch.dtype):
+    def forward(a: torch.Tensor, b: torch.Tensor, alpha: Number, out_dtype: torch.dtype):
         return _sub_op(a, b, alpha, out_dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        a, b, alpha, _ = inputs
-        ctx.shapes, ctx.alpha, ctx.out_shape = (a.shape, b.shape), alpha, output.shape
+        a, b, ctx.alpha, ctx.out_dtype = inputs
+        ctx.shapes, ctx.out_shape = (a.shape, b.shape), output.shape
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        a_shape, b_shape = ctx.shapes
-        grad_a = sum_to_shape(grad, a_shape) if ctx.needs_input_grad[0] else None
-        grad_b = sum_to_shape(mul(grad, -ctx.alpha), b_shape) if ctx.needs_input_grad[1] else None
-        return grad_a, grad_b, None, None
+        return *_reduced_grads(ctx, grad, *ctx.shapes), None, None
 
     @staticmethod
-    def jvp(ctx, a_tangent, b_tangent, _alpha, _dtype):
-        if a_tangent is None:
-            out = mul(b_tangent, -ctx.alpha)
-        elif b_tangent is None:
-            out = a_tangent
+    def jvp(ctx, a_tangent, b_tangent, _alpha, _out_dtype):
+        # A missing tangent is zero; the others are copied (scaled) into fresh result-dtype
+        # tensors, so no output tangent aliases an input's.
+        if a_tangent is not None and b_tangent is not None:
+            return SubFunction.apply(a_tangent, b_tangent, ctx.alpha, ctx.out_dtype)
+        if a_tangent is not None:
+            tangent = MulScalarFunction.apply(a_tangent, 1, ctx.out_dtype)
         else:
-            out = SubFunction.apply(
-                a_tangent, b_tangent, ctx.alpha, result_type(a_tangent, b_tangent)
-            )
-        return out.expand(ctx.out_shape)
+            tangent = MulScalarFunction.apply(b_tangent, -ctx.alpha, ctx.out_dtype)
+        return tangent.expand(ctx.out_shape)
 
     @staticmethod
     def vmap(info, in_dims, a, b, alpha, out_dtype):
@@ -76,18 +123,80 @@ class SubFunction(torch.autograd.Function):
         return SubFunction.apply(a, b, alpha, out_dtype), 0
 
 
-def sub(input: torch.Tensor, other: torch.Tensor | float, *, alpha: float = 1) -> torch.Tensor:
-    """Drop-in for `torch.sub`: `input - alpha * other`, broadcasting, torch's type promotion."""
-    if any(isinstance(t, bool) or getattr(t, "dtype", None) == torch.bool for t in (input, other)):
+class SubScalarFunction(torch.autograd.Function):
+    """out = x − alpha·scalar, or scalar − alpha·x (`scalar_first`); saves no tensor."""
+
+    @staticmethod
+    def forward(x, scalar: Number, alpha: Number, scalar_first: bool, out_dtype: torch.dtype):
+        return _sub_scalar_op(x, scalar, alpha, scalar_first, out_dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, _, ctx.alpha, ctx.scalar_first, ctx.out_dtype = inputs
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad_x = MulScalarFunction.apply(grad, -ctx.alpha, grad.dtype) if ctx.scalar_first else grad
+        return grad_x, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, *_):
+        scale = -ctx.alpha if ctx.scalar_first else 1  # 1: a copy, not the input's tangent
+        return MulScalarFunction.apply(x_tangent, scale, ctx.out_dtype)
+
+    @staticmethod
+    def vmap(info, in_dims, x, scalar, alpha, scalar_first, out_dtype):
+        return SubScalarFunction.apply(x, scalar, alpha, scalar_first, out_dtype), in_dims[0]
+
+
+def _check_no_bool(input, other) -> None:
+    bools = sum(
+        isinstance(t, bool) or (isinstance(t, torch.Tensor) and t.dtype == torch.bool)
+        for t in (input, other)
+    )
+    if bools == 2:
+        raise RuntimeError(
+            "sub: Subtraction, the `-` operator, with two bool tensors is not supported. "
+            "Use the `^` or `logical_xor()` operator instead."
+        )
+    if bools == 1:
         raise RuntimeError(
             "sub: Subtraction, the `-` operator, with a bool tensor is not supported. "
             "If you are trying to invert a mask, use the `~` or `logical_not()` operator instead."
         )
-    input, other, out_dtype = binary_operands("sub", input, other)
-    if isinstance(alpha, float) and not out_dtype.is_floating_point:
+
+
+def _checked_alpha(alpha, out_dtype: torch.dtype) -> Number:
+    if isinstance(alpha, bool):
+        raise RuntimeError("sub: Boolean alpha only supported for Boolean results.")
+    if isinstance(alpha, numbers.Complex) and not isinstance(alpha, numbers.Real):
+        raise RuntimeError(
+            "sub: For non-complex input tensors, argument alpha must not be a complex number."
+        )
+    number = python_number("sub", alpha)
+    if number is None:
+        raise TypeError(f"sub(): argument 'alpha' must be Number, not {type(alpha).__name__}")
+    if isinstance(number, float) and not out_dtype.is_floating_point:
         raise RuntimeError(
             "sub: For integral input tensors, argument alpha must not be a floating point number."
         )
+    return number
+
+
+def sub(
+    input: torch.Tensor | Number, other: torch.Tensor | Number, *, alpha: Number = 1
+) -> torch.Tensor:
+    """Drop-in for `torch.sub`: `input - alpha * other`, broadcasting, Python numbers on either
+    side, torch's type promotion and its errors for bool operands and a float `alpha` on ints."""
+    input, other, out_dtype = broadcast_operands("sub", input, other)
+    _check_no_bool(input, other)
+    alpha = _checked_alpha(alpha, out_dtype)
+    if isinstance(input, torch.Tensor) and isinstance(other, torch.Tensor):
+        return sub_tensors(input, other, alpha, out_dtype)
+    if isinstance(other, torch.Tensor):  # 2 - x
+        x, scalar, scalar_first = other, input, True
+    else:
+        x, scalar, scalar_first = input, other, False
     if torch.compiler.is_compiling():
-        return _sub_op(input, other, float(alpha), out_dtype)
-    return SubFunction.apply(input, other, float(alpha), out_dtype)
+        return _sub_scalar_op(x, scalar, alpha, scalar_first, out_dtype)
+    return SubScalarFunction.apply(x, scalar, alpha, scalar_first, out_dtype)

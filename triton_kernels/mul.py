@@ -1,7 +1,10 @@
-"""Elementwise product with broadcasting: `out = a * b`.
+"""Elementwise product with broadcasting: `out = a * b`, and `out = x * scalar`.
 
-A one-element operand (a Python scalar wrapped as a 0-dim tensor, or a 0-dim/one-element tensor)
-is read once per program instead of being expanded in memory, so `x * 2` moves 2 tensors, not 3.
+A one-element operand (0-dim tensor, or any tensor of one element) is read once per program
+through its pointer instead of being expanded in memory, and a Python number is a kernel
+argument: `x * 2` moves 2 tensors' worth of memory, not 3, and never syncs with the host.
+Any other broadcast is materialised by `expand(...).contiguous()` (one extra copy of that
+operand; see `triton_kernels.runtime.binary_operands`), as are non-contiguous inputs.
 """
 
 from __future__ import annotations
@@ -10,14 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from triton_kernels.runtime import (
-    ELEMENTWISE_BLOCK,
-    ELEMENTWISE_WARPS,
-    binary_operands,
-    elementwise_grid,
-    kernel_for,
-    math_dtype,
-)
+from triton_kernels.binary import Number, launch_elementwise, scalar_args
+from triton_kernels.runtime import binary_operands
 
 
 @triton.jit
@@ -45,15 +42,38 @@ def mul_kernel(
     tl.store(out_ptr + offsets, (a * b).to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit(do_not_specialize=["scalar_int64"])
+def mul_scalar_kernel(
+    x_ptr,
+    scalar_fp64: tl.float64,
+    scalar_int64: tl.int64,
+    out_ptr,
+    n_elements,
+    COMPUTE_DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    offsets = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n_elements
+    if COMPUTE_DTYPE == tl.int64:
+        scalar = tl.full((), scalar_int64, COMPUTE_DTYPE)
+    else:
+        scalar = tl.full((), scalar_fp64, COMPUTE_DTYPE)
+    x = tl.load(x_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
+    tl.store(out_ptr + offsets, (x * scalar).to(out_ptr.dtype.element_ty), mask=mask)
+
+
 def mul_forward(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    """`a * b` broadcast; math in fp32 (fp64 for fp64, int64 for ints), stored as `out_dtype`."""
+    """`a * b` broadcast, stored as `out_dtype` (math in fp32, fp64 for fp64, int64 for ints)."""
     a_flat, b_flat, a_scalar, b_scalar, shape = binary_operands(a, b)
     out = torch.empty(shape, dtype=out_dtype, device=a.device)
-    if out.numel() == 0:
-        return out
-    kernel_for(mul_kernel, a.device)[elementwise_grid(out.numel())](
-        a_flat, b_flat, out, out.numel(),
-        A_IS_SCALAR=a_scalar, B_IS_SCALAR=b_scalar, COMPUTE_DTYPE=math_dtype(out_dtype),
-        BLOCK=ELEMENTWISE_BLOCK, num_warps=ELEMENTWISE_WARPS,
-    )  # fmt: skip
-    return out
+    return launch_elementwise(
+        mul_kernel, out, a_flat, b_flat, A_IS_SCALAR=a_scalar, B_IS_SCALAR=b_scalar
+    )
+
+
+def mul_scalar_forward(x: torch.Tensor, scalar: Number, out_dtype: torch.dtype) -> torch.Tensor:
+    """`x * scalar` for a Python number, stored as `out_dtype`."""
+    x = x.contiguous()
+    out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    return launch_elementwise(mul_scalar_kernel, out, x, *scalar_args(scalar, out_dtype))

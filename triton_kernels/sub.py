@@ -1,7 +1,8 @@
 """Elementwise difference with broadcasting and torch's `alpha`: `out = a - alpha * b`.
 
-`alpha` arrives as a 0-dim tensor of the compute dtype (Triton would pass a Python float as
-fp32, which is not exact for fp64 results).
+Operands are handled as in `triton_kernels.mul`: one-element tensors are read through their
+pointer, Python numbers (the operand on either side, and `alpha`) are pinned-dtype kernel
+arguments, other broadcasts are materialised by `expand(...).contiguous()`.
 """
 
 from __future__ import annotations
@@ -10,21 +11,16 @@ import torch
 import triton
 import triton.language as tl
 
-from triton_kernels.runtime import (
-    ELEMENTWISE_BLOCK,
-    ELEMENTWISE_WARPS,
-    binary_operands,
-    elementwise_grid,
-    kernel_for,
-    math_dtype,
-)
+from triton_kernels.binary import Number, launch_elementwise, scalar_args
+from triton_kernels.runtime import binary_operands
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["alpha_int64"])
 def sub_kernel(
     a_ptr,
     b_ptr,
-    alpha_ptr,
+    alpha_fp64: tl.float64,
+    alpha_int64: tl.int64,
     out_ptr,
     n_elements,
     A_IS_SCALAR: tl.constexpr,
@@ -35,6 +31,10 @@ def sub_kernel(
     pid = tl.program_id(0).to(tl.int64)
     offsets = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n_elements
+    if COMPUTE_DTYPE == tl.int64:
+        alpha = tl.full((), alpha_int64, COMPUTE_DTYPE)
+    else:
+        alpha = tl.full((), alpha_fp64, COMPUTE_DTYPE)
     if A_IS_SCALAR:
         a = tl.load(a_ptr).to(COMPUTE_DTYPE)
     else:
@@ -43,25 +43,60 @@ def sub_kernel(
         b = tl.load(b_ptr).to(COMPUTE_DTYPE)
     else:
         b = tl.load(b_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
-    alpha = tl.load(alpha_ptr).to(COMPUTE_DTYPE)
     tl.store(out_ptr + offsets, (a - alpha * b).to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit(do_not_specialize=["scalar_int64", "alpha_int64"])
+def sub_scalar_kernel(
+    x_ptr,
+    scalar_fp64: tl.float64,
+    scalar_int64: tl.int64,
+    alpha_fp64: tl.float64,
+    alpha_int64: tl.int64,
+    out_ptr,
+    n_elements,
+    SCALAR_FIRST: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """`x - alpha * scalar`, or `scalar - alpha * x` when SCALAR_FIRST."""
+    pid = tl.program_id(0).to(tl.int64)
+    offsets = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n_elements
+    if COMPUTE_DTYPE == tl.int64:
+        scalar = tl.full((), scalar_int64, COMPUTE_DTYPE)
+        alpha = tl.full((), alpha_int64, COMPUTE_DTYPE)
+    else:
+        scalar = tl.full((), scalar_fp64, COMPUTE_DTYPE)
+        alpha = tl.full((), alpha_fp64, COMPUTE_DTYPE)
+    x = tl.load(x_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
+    if SCALAR_FIRST:
+        out = scalar - alpha * x
+    else:
+        out = x - alpha * scalar
+    tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 def sub_forward(
-    a: torch.Tensor, b: torch.Tensor, alpha: float, out_dtype: torch.dtype
+    a: torch.Tensor, b: torch.Tensor, alpha: Number, out_dtype: torch.dtype
 ) -> torch.Tensor:
     """`a - alpha * b` broadcast, computed like `mul_forward`, stored as `out_dtype`."""
     a_flat, b_flat, a_scalar, b_scalar, shape = binary_operands(a, b)
     out = torch.empty(shape, dtype=out_dtype, device=a.device)
-    if out.numel() == 0:
-        return out
-    compute = torch.float64 if out_dtype == torch.float64 else torch.float32
-    if not out_dtype.is_floating_point:
-        compute = torch.int64
-    alpha_tensor = torch.full((), alpha, dtype=compute, device=a.device)
-    kernel_for(sub_kernel, a.device)[elementwise_grid(out.numel())](
-        a_flat, b_flat, alpha_tensor, out, out.numel(),
-        A_IS_SCALAR=a_scalar, B_IS_SCALAR=b_scalar, COMPUTE_DTYPE=math_dtype(out_dtype),
-        BLOCK=ELEMENTWISE_BLOCK, num_warps=ELEMENTWISE_WARPS,
+    return launch_elementwise(
+        sub_kernel, out, a_flat, b_flat, *scalar_args(alpha, out_dtype),
+        A_IS_SCALAR=a_scalar, B_IS_SCALAR=b_scalar,
     )  # fmt: skip
-    return out
+
+
+def sub_scalar_forward(
+    x: torch.Tensor, scalar: Number, alpha: Number, scalar_first: bool, out_dtype: torch.dtype
+) -> torch.Tensor:
+    """`x - alpha * scalar` (or `scalar - alpha * x` if `scalar_first`) for a Python number."""
+    x = x.contiguous()
+    out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    return launch_elementwise(
+        sub_scalar_kernel, out, x,
+        *scalar_args(scalar, out_dtype), *scalar_args(alpha, out_dtype),
+        SCALAR_FIRST=scalar_first,
+    )  # fmt: skip

@@ -1,0 +1,53 @@
+"""Launch plumbing shared by the broadcasting binary ops (`mul`, `sub`).
+
+Python numbers reach the kernels as scalar arguments, never as tensors: no allocation, no copy,
+and nothing for a CUDA graph to capture. Triton would type a Python float as fp32 (lossy for fp64
+results), so every scalar travels in a pair of pinned arguments, `(fp64, int64)`; the kernel reads
+the one its compute dtype needs (int64 math for integer and bool results, floats otherwise).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from triton_kernels.runtime import (
+    ELEMENTWISE_BLOCK,
+    ELEMENTWISE_WARPS,
+    elementwise_grid,
+    kernel_for,
+    math_dtype,
+)
+
+Number = bool | int | float
+
+_FP64_EXACT_INT = 2**53
+
+
+def scalar_args(value: Number, out_dtype: torch.dtype) -> tuple[float, int]:
+    """`value` as the `(fp64, int64)` kernel argument pair for a result of `out_dtype`.
+
+    Both are exactly what torch computes with: integer results read the int64 slot; floating
+    results read the fp64 slot, rounded once to fp32 inside the kernel as torch rounds the scalar
+    to its fp32 "opmath" type. An int too large for fp64 is pre-rounded straight to fp32 here,
+    because int -> fp64 -> fp32 could round twice.
+    """
+    if not out_dtype.is_floating_point:
+        return 0.0, int(value)
+    if isinstance(value, int) and abs(value) > _FP64_EXACT_INT and out_dtype != torch.float64:
+        value = torch.tensor(value, dtype=torch.int64).to(torch.float32).item()  # host, no sync
+    return float(value), 0
+
+
+def launch_elementwise(kernel, out: torch.Tensor, *args, **constexprs) -> torch.Tensor:
+    """`kernel[grid](*args, out, out.numel(), **constexprs)` over `out`, math in `out`'s dtype.
+
+    Computes in fp32 for fp16/bf16/fp32 results, fp64 for fp64, int64 for integers and bool.
+    An empty `out` launches nothing.
+    """
+    if out.numel() == 0:
+        return out
+    kernel_for(kernel, out.device)[elementwise_grid(out.numel())](
+        *args, out, out.numel(), **constexprs,
+        COMPUTE_DTYPE=math_dtype(out.dtype), BLOCK=ELEMENTWISE_BLOCK, num_warps=ELEMENTWISE_WARPS,
+    )  # fmt: skip
+    return out
