@@ -98,12 +98,17 @@ def axes(title: str, xlabel: str, ylabel: str, width: float = 6.4, height: float
     return fig, ax
 
 
+LINE_STYLES = [dict(marker="o", linestyle="-"), dict(marker="s", linestyle="--"),
+               dict(marker="^", linestyle=":"), dict(marker="D", linestyle="-."),
+               dict(marker="v", linestyle=(0, (5, 1, 1, 1)))]
+
+
 def line_plot(frame: pd.DataFrame, x: str, series: Mapping[str, str], title: str,
               xlabel: str, ylabel: str, scale: float = 1.0, logx: bool = False):
     """One line per (label -> column) of `frame` against column `x`, each value times `scale`."""
     fig, ax = axes(title, xlabel, ylabel)
-    for label, column in series.items():
-        ax.plot(frame[x], frame[column] * scale, marker="o", label=label)
+    for i, (label, column) in enumerate(series.items()):  # styles tell overlapping lines apart
+        ax.plot(frame[x], frame[column] * scale, label=label, **LINE_STYLES[i % len(LINE_STYLES)])
     if logx:
         log2_ticks(ax, frame[x])
     ax.legend()

@@ -141,7 +141,7 @@ SIZES: dict[str, dict[str, dict[str, int]]] = {
                     "full": dict(vocab=32000, d_model=512, heads=8, layers=6, seq_len=512,
                                  batch=16)},
     "lstm": {"tiny": dict(vocab=50, embed=16, hidden=16, seq_len=8, batch=2),
-             "quick": dict(vocab=500, embed=64, hidden=128, seq_len=32, batch=8),
+             "quick": dict(vocab=1000, embed=128, hidden=256, seq_len=64, batch=16),
              "full": dict(vocab=32000, embed=512, hidden=1024, seq_len=256, batch=32)},
 }
 

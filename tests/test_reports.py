@@ -191,3 +191,17 @@ def test_cuda_without_cuda_is_a_clear_error(tmp_path: Path, capsys):
         pytest.skip("CUDA is available here: asking for it is not an error")
     assert generate.main(["--device", "cuda", "--out", str(tmp_path)]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+def test_tiny_run_on_cuda_keeps_the_exact_numbers(tmp_path: Path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    assert generate.main(["--device", "cuda", "--size", "tiny", "--only", "retain_graph",
+                          "--only", "forward_vs_reverse", "--out", str(tmp_path)]) == 0
+    held = csv(tmp_path, "retain_graph", "depth_batch")
+    assert (held.held_after_retain_bytes == held.graph_saved_bytes).all()
+    assert (held.held_after_plain_bytes == 0).all()
+    chain = csv(tmp_path, "forward_vs_reverse", "chain_torch")
+    assert (chain.reverse_saved_bytes == chain.k * chain.n * FLOAT32).all()
+    assert "- Device: cuda, " in (tmp_path / "README.md").read_text(encoding="utf-8")

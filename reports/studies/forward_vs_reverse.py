@@ -158,12 +158,12 @@ def run(ctx: Context) -> Page:
                                      "reverse mode: peak": "reverse_peak_bytes",
                                      "forward mode (jvp): peak": "forward_peak_bytes"},
                         f"Memory of one derivative vs chain length ({label}, n={frame.n.iloc[0]})",
-                        "chain length k (ops)", "memory (MiB)", scale=1 / MIB, logx=True)
+                        "chain length k (ops)", "memory (MiB)", scale=1 / MIB)
         page.figure(fig, f"memory_vs_k_{label.split('.')[0]}", f"memory against k, {label}")
     fig = line_plot(torch_chain, "k", {"reverse mode": "reverse_ms", "forward mode (jvp)":
                                        "forward_ms"},
                     "Time of one derivative vs chain length (torch.sin)", "chain length k (ops)",
-                    "time (ms)", logx=True)
+                    "time (ms)")
     page.figure(fig, "time_vs_k", "time against k")
     t_last = triton_chain.iloc[-1]
     page.text(f"The same chain on torchext's Triton `sin` (n = {t_last.n}): reverse mode saved "

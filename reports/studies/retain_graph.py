@@ -191,12 +191,16 @@ def run(ctx: Context) -> Page:
 
     biggest = on_models.loc[on_models.held_after_retain_bytes.idxmax()]
     separate, summed = losses.iloc[0], losses.iloc[1]
+    by_depth = depth_batch[depth_batch.sweep == "depth"]
+    shallow, deep = by_depth.iloc[0], by_depth.iloc[-1]
     page.set_answer(
         f"`backward(retain_graph=True)` keeps every tensor the graph saved alive until the "
         f"loss is dropped: {human_bytes(biggest.held_after_retain_bytes)} on the "
         f"{biggest.model} ({ratio(biggest.held_after_retain_bytes, biggest.parameter_bytes):.1f}x "
-        f"its parameters), growing linearly with depth and batch, while a plain `backward()` "
-        f"leaves {human_bytes(biggest.held_after_plain_bytes)}. For two losses write "
+        f"its parameters), and on an MLP {human_bytes(shallow.held_after_retain_bytes)} at "
+        f"depth {shallow.depth} but {human_bytes(deep.held_after_retain_bytes)} at depth "
+        f"{deep.depth}, while a plain `backward()` leaves "
+        f"{human_bytes(biggest.held_after_plain_bytes)}. For two losses write "
         f"`(l1 + l2).backward()`, not `l1.backward(retain_graph=True); l2.backward()`: one "
         f"backward pass ({summed.backward_nodes_run} backward nodes instead of "
         f"{separate.backward_nodes_run}), {summed.step_ms:.1f} vs {separate.step_ms:.1f} ms per "

@@ -160,7 +160,7 @@ def run(ctx: Context) -> Page:
     page.table(fits, "least_squares", {"max_grad_rel_difference": ".1e"})
     fig = lines_by(fits, "rows", "way", "saved_new_bytes",
                    f"‖Xw − y‖²: bytes the graph adds vs rows (d = {d})", "rows n",
-                   "saved beyond the inputs (KiB)", scale=1 / 1024, logx=True)
+                   "saved beyond the inputs (KiB)", scale=1 / 1024)
     page.figure(fig, "least_squares_saved", "saved bytes against rows, three ways")
     if ctx.device.type == "cpu":
         page.text("On the CPU, torchext's kernels run through Triton's interpreter: their "
