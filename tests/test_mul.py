@@ -355,23 +355,24 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile
 
-module, name, signature, variants = json.loads(sys.argv[1])
-kernel = getattr(importlib.import_module(module), name)
-for constexprs in variants:
-    constexprs = {k: getattr(tl, v) if isinstance(v, str) else v for k, v in constexprs.items()}
-    compiled = compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32))
-    assert "ptx" in compiled.asm
+for module, name, signature, variants in json.loads(sys.argv[1]):
+    kernel = getattr(importlib.import_module(module), name)
+    for constexprs in variants:
+        constexprs = {k: getattr(tl, v) if isinstance(v, str) else v for k, v in constexprs.items()}
+        target = GPUTarget("cuda", 90, 32)
+        assert "ptx" in compile(ASTSource(kernel, signature, constexprs), target=target).asm
 """
 
 
-def assert_compiles_for_sm90(kernel, signature: dict, variants: list[dict], cache_dir) -> None:
-    """Compile `kernel` for an sm_90 target (no GPU needed): the interpreter is lenient, this
-    checks the kernel's types (fp64/int64 scalar arguments, constexpr branches) as a GPU would.
+def assert_compiles_for_sm90(cases: list[tuple], cache_dir) -> None:
+    """Compile each `(kernel, signature, constexpr variants)` for an sm_90 target (no GPU
+    needed): the interpreter is lenient, this checks the kernels' types (fp64/int64 scalar
+    arguments, constexpr branches) as a GPU would. Dtype constexprs are given by name.
 
     It runs in a fresh process: once a CPU launch has run a `tl` jit helper through Triton 3.9's
     interpreter, the interpreter's patches of `triton.language` stay and break codegen.
     """
-    spec = json.dumps([kernel.fn.__module__, kernel.fn.__name__, signature, variants])
+    spec = json.dumps([[k.fn.__module__, k.fn.__name__, sig, var] for k, sig, var in cases])
     env = {**os.environ, "TRITON_CACHE_DIR": str(cache_dir)}  # a real compile, not a cache hit
     done = subprocess.run(
         [sys.executable, "-c", _COMPILE_FOR_SM90, spec], env=env, capture_output=True, text=True
@@ -380,14 +381,30 @@ def assert_compiles_for_sm90(kernel, signature: dict, variants: list[dict], cach
 
 
 def test_kernels_compile_for_cuda_without_a_gpu(tmp_path):
-    signature = {
+    out = {"out_ptr": "*fp16", "n_elements": "i32"}
+    constexprs = {"COMPUTE_DTYPE": "constexpr", "BLOCK": "constexpr"}
+    variants = [{"COMPUTE_DTYPE": dtype, "BLOCK": 1024} for dtype in ("float32", "int64")]
+    mul_signature = {
+        "a_ptr": "*fp16",
+        "b_ptr": "*bf16",
+        **out,
+        "A_IS_SCALAR": "constexpr",
+        "B_IS_SCALAR": "constexpr",
+        **constexprs,
+    }
+    scalar_signature = {
         "x_ptr": "*fp16",
         "scalar_fp64": "fp64",
         "scalar_int64": "i64",
-        "out_ptr": "*fp16",
-        "n_elements": "i32",
-        "COMPUTE_DTYPE": "constexpr",
-        "BLOCK": "constexpr",
+        **out,
+        **constexprs,
     }
-    variants = [{"COMPUTE_DTYPE": dtype, "BLOCK": 1024} for dtype in ("float32", "int64")]
-    assert_compiles_for_sm90(mul_kernels.mul_scalar_kernel, signature, variants, tmp_path)
+    cases = [
+        (
+            mul_kernels.mul_kernel,
+            mul_signature,
+            [{"A_IS_SCALAR": True, "B_IS_SCALAR": False, **v} for v in variants],
+        ),
+        (mul_kernels.mul_scalar_kernel, scalar_signature, variants),
+    ]
+    assert_compiles_for_sm90(cases, tmp_path)

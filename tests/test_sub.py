@@ -266,20 +266,37 @@ def test_compiled_function_matches_eager():
 
 
 def test_kernels_compile_for_cuda_without_a_gpu(tmp_path):
-    signature = {
+    alpha = {"alpha_fp64": "fp64", "alpha_int64": "i64"}
+    out = {"out_ptr": "*fp32", "n_elements": "i64"}
+    constexprs = {"COMPUTE_DTYPE": "constexpr", "BLOCK": "constexpr"}
+    sub_signature = {
+        "a_ptr": "*bf16",
+        "b_ptr": "*fp32",
+        **alpha,
+        **out,
+        "A_IS_SCALAR": "constexpr",
+        "B_IS_SCALAR": "constexpr",
+        **constexprs,
+    }
+    scalar_signature = {
         "x_ptr": "*bf16",
         "scalar_fp64": "fp64",
         "scalar_int64": "i64",
-        "alpha_fp64": "fp64",
-        "alpha_int64": "i64",
-        "out_ptr": "*fp32",
-        "n_elements": "i64",
+        **alpha,
+        **out,
         "SCALAR_FIRST": "constexpr",
-        "COMPUTE_DTYPE": "constexpr",
-        "BLOCK": "constexpr",
+        **constexprs,
     }
-    variants = [
-        {"SCALAR_FIRST": True, "COMPUTE_DTYPE": "float32", "BLOCK": 1024},
-        {"SCALAR_FIRST": False, "COMPUTE_DTYPE": "int64", "BLOCK": 1024},
+    sub_variants = [
+        {"A_IS_SCALAR": False, "B_IS_SCALAR": b_is_scalar, "COMPUTE_DTYPE": dtype, "BLOCK": 1024}
+        for b_is_scalar, dtype in ((True, "float32"), (False, "int64"))
     ]
-    assert_compiles_for_sm90(sub_kernels.sub_scalar_kernel, signature, variants, tmp_path)
+    scalar_variants = [
+        {"SCALAR_FIRST": scalar_first, "COMPUTE_DTYPE": dtype, "BLOCK": 1024}
+        for scalar_first, dtype in ((True, "float32"), (False, "int64"))
+    ]
+    cases = [
+        (sub_kernels.sub_kernel, sub_signature, sub_variants),
+        (sub_kernels.sub_scalar_kernel, scalar_signature, scalar_variants),
+    ]
+    assert_compiles_for_sm90(cases, tmp_path)

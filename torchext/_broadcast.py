@@ -82,13 +82,15 @@ def broadcast_operands(
 def _on_one_device(
     op: str, input: torch.Tensor, other: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Like torch, a 0-dim CPU tensor may join an op on another device (it is copied there)."""
+    """Like torch, a 0-dim CPU tensor may join an op on another device. It is copied there
+    (`non_blocking`: a host-to-device copy from pageable memory is staged at once and need not
+    wait for the stream) and then read through its pointer like any 0-dim operand."""
     if input.device == other.device:
         return input, other
     if other.dim() == 0 and other.device.type == "cpu":
-        return input, other.to(input.device)
+        return input, other.to(input.device, non_blocking=True)
     if input.dim() == 0 and input.device.type == "cpu":
-        return input.to(other.device), other
+        return input.to(other.device, non_blocking=True), other
     check_same_device(op, input, other)
     return input, other
 
