@@ -98,7 +98,7 @@ class Recorder:
         self.t0 = 0.0
         self._open: _OpenRow | None = None
         self._pending: tuple[int, str, weakref.ref] | None = None
-        self._op_names: dict[Any, str] = {}
+        self._op_names: dict[int, str] = {}
         self._handles: list[Any] = []
         self._mode = _DispatchRecorder(self)
         self._saved_hooks = self.ledger.hooks()
@@ -223,8 +223,14 @@ class Recorder:
         inputs = _tensors(args)
         if kwargs:
             inputs.extend(_tensors(kwargs.values()))
-        if inputs:
-            storages.track_all(inputs, False)
+        refs = storages.refs
+        for tensor in inputs:
+            try:
+                storage = tensor.untyped_storage()
+            except (RuntimeError, NotImplementedError, TypeError):
+                continue
+            if storage._cdata not in refs:
+                storages.add(storage, storage._cdata, False)
         if open_row is not None:  # folded into a custom Function's row
             out = func(*args, **kwargs)
             open_row.output_bytes += storages.track_all(_outputs(out), True)
@@ -232,9 +238,9 @@ class Recorder:
             if live > open_row.peak:
                 open_row.peak = live
             return out
-        name = self._op_names.get(func)
+        name = self._op_names.get(id(func))  # OpOverloads live forever; hashing them is slow
         if name is None:
-            name = self._op_names[func] = "" if func.namespace == "profiler" else func._name
+            name = self._op_names[id(func)] = "" if func.namespace == "profiler" else func._name
         if not name:  # record_function markers (optimizer.step): no row
             return func(*args, **kwargs)
         self.seq = seq = self.seq + 1
@@ -244,26 +250,37 @@ class Recorder:
         start = _perf_counter()
         out = func(*args, **kwargs)
         end = _perf_counter()
-        outputs = _outputs(out)
-        output_bytes = storages.track_all(outputs, True) if outputs else 0
+        if isinstance(out, Tensor):
+            first = out
+            try:
+                storage = out.untyped_storage()
+                address = storage._cdata
+                output_bytes = 0 if address in refs else storages.add(storage, address,
+                                                                      True).nbytes
+            except (RuntimeError, NotImplementedError, TypeError):
+                output_bytes = 0
+        else:
+            outputs = _outputs(out)
+            output_bytes = storages.track_all(outputs, True) if outputs else 0
+            first = outputs[0] if outputs else None
         if cuda:
             live = torch.cuda.memory_allocated(self.device)
             peak = torch.cuda.max_memory_allocated(self.device)
         else:
             live = peak = storages.live.get(self.device, 0)
-        first = outputs[0] if outputs else (inputs[0] if inputs else None)
         backward = _graph_task_id() != -1
         module = "" if backward else self.modules.current
+        meta = first if first is not None else (inputs[0] if inputs else None)
         self.rows.append((
             seq, name, "backward" if backward else "forward", module,
-            tuple([tuple(t.shape) for t in inputs]), None if first is None else first.dtype,
-            None if first is None else first.device, output_bytes, live, peak,
+            [t.shape for t in inputs], None if meta is None else meta.dtype,
+            None if meta is None else meta.device, output_bytes, live, peak,
             (end - start) * 1e3, (end - self.t0) * 1e3,
         ))
-        if outputs and not backward and _grad_enabled():
+        if first is not None and not backward and _grad_enabled():
             for tensor in inputs:
                 if tensor.requires_grad:  # the op may have created a node: find it next
-                    self._pending = (seq, module, weakref.ref(outputs[0]))
+                    self._pending = (seq, module, weakref.ref(first))
                     break
         return out
 

@@ -35,7 +35,7 @@ class StorageTracker:
             del self.refs[ref.address]
         self.live[ref.device] -= ref.nbytes
 
-    def _add(self, storage: torch.UntypedStorage, address: int, created: bool) -> _StorageRef:
+    def add(self, storage: torch.UntypedStorage, address: int, created: bool) -> _StorageRef:
         ref = _StorageRef(storage, self._callback)
         ref.address = address
         ref.storage_id = self._next_id
@@ -58,7 +58,7 @@ class StorageTracker:
             return None  # tensors without storage (subclasses, sparse, nested)
         address = storage._cdata
         ref = self.refs.get(address)
-        return ref if ref is not None else self._add(storage, address, created)
+        return ref if ref is not None else self.add(storage, address, created)
 
     def track_all(self, tensors: list[torch.Tensor], created: bool) -> int:
         """Track each tensor's storage; the bytes of those not seen before."""
@@ -70,7 +70,7 @@ class StorageTracker:
                 continue
             address = storage._cdata
             if address not in refs:
-                new_bytes += self._add(storage, address, created).nbytes
+                new_bytes += self.add(storage, address, created).nbytes
         return new_bytes
 
     def stop(self) -> None:
