@@ -159,17 +159,13 @@ def message(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _rich_installed() -> bool:
-    return importlib.util.find_spec("rich") is not None
-
-
 @contextlib.contextmanager
 def progress(label: str) -> Iterator[None]:
     """Show that a long run is alive: a rich spinner with the elapsed time when stderr is a
     terminal, else a line when it starts, every `HEARTBEAT_S` seconds, and when it ends."""
     start, stop = time.perf_counter(), threading.Event()
     live = None
-    if sys.stderr.isatty() and _rich_installed():
+    if sys.stderr.isatty():
         from rich.console import Console
         from rich.live import Live
         from rich.spinner import Spinner

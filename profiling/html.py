@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import importlib.util
 import json
 import sys
 from dataclasses import dataclass
@@ -237,7 +236,7 @@ def plain_table(frame: pd.DataFrame, title: str = "") -> str:
 
 
 def rich_table(frame: pd.DataFrame, title: str = "") -> Any:
-    """The same table as a `rich.table.Table` (rich must be installed)."""
+    """The same table as a `rich.table.Table`, for a terminal."""
     from rich.table import Table
     from rich.text import Text
 
@@ -286,7 +285,7 @@ def emit(sections: list[Section], fmt: str | None, header: dict[str, str],
         for sec in sections:
             out.write(f"\n## {sec.title}\n\n")
             out.write(markdown_table(sec.frame if sec.shown is None else sec.shown))
-    elif out.isatty() and importlib.util.find_spec("rich") is not None:
+    elif out.isatty():
         from rich.console import Console
         from rich.markup import escape
 

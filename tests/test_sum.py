@@ -235,7 +235,7 @@ def test_bad_input_raises_what_torch_raises():
         torchext.sum(x, 2)
     with pytest.raises(IndexError, match="sum"):
         torchext.sum(torch.tensor(1.0), 1)
-    with pytest.raises(RuntimeError, match="sum: dim .* appears multiple times"):
+    with pytest.raises(RuntimeError, match="sum: dim 0 appears multiple times in the list of dims"):
         torchext.sum(x, (0, -2))
     with pytest.raises(TypeError, match="sum"):
         torchext.sum(x, 1.0)

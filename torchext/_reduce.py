@@ -27,27 +27,12 @@ def normalize_dims(op: str, ndim: int, dim: int | Sequence[int] | None) -> tuple
                 f"but got {d})"
             )
         out.append(d % rank)
-    if len(set(out)) != len(out):
-        raise RuntimeError(f"{op}: dim {out} appears multiple times in the list of dims")
+    for i, d in enumerate(out):
+        if d in out[:i]:
+            raise RuntimeError(f"{op}: dim {d} appears multiple times in the list of dims")
     return tuple(sorted(d for d in out if d < ndim))
-
-
-def as_rows(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, list[int]]:
-    """`x` as `(rows, cols)` with the reduced `dims` last, and the shape with them kept as 1."""
-    kept = [d for d in range(x.dim()) if d not in dims]
-    x2d = x.permute(kept + list(dims)).reshape(
-        _prod(x.shape[d] for d in kept), _prod(x.shape[d] for d in dims)
-    )
-    keepdim_shape = [1 if d in dims else size for d, size in enumerate(x.shape)]
-    return x2d, keepdim_shape
 
 
 def reduced_shape(shape: torch.Size, dims: tuple[int, ...], keepdim: bool) -> list[int]:
     return [1 if d in dims else s for d, s in enumerate(shape) if keepdim or d not in dims]
 
-
-def _prod(sizes) -> int:
-    out = 1
-    for s in sizes:
-        out *= s
-    return out

@@ -60,6 +60,8 @@ def _language_helpers() -> tuple[tuple[object, str, object, object], ...]:
 @contextlib.contextmanager
 def _interpreted_language_helpers():
     helpers = _language_helpers()
+    patched = _patched_by_interpreter()
+    before = [dict(vars(obj)) for obj in patched]
     for module, name, _, interpreted in helpers:
         setattr(module, name, interpreted)
     try:
@@ -67,6 +69,30 @@ def _interpreted_language_helpers():
     finally:
         for module, name, compiled, _ in helpers:
             setattr(module, name, compiled)
+        for obj, saved in zip(patched, before, strict=True):
+            _restore_attributes(obj, saved)
+
+
+def _patched_by_interpreter() -> tuple[object, ...]:
+    """What Triton's interpreter patches when a kernel calls an interpreted helper.
+
+    `InterpretedFunction.__call__` (a device-function call such as `tl.sum`) patches
+    triton.language and never restores it; left so, the next CUDA compile in this process sees
+    interpreter builtins and fails.
+    """
+    core = tl.core
+    return (tl, core, tl.math, core.tensor, core.tensor_descriptor_base)
+
+
+def _restore_attributes(obj: object, saved: dict[str, object]) -> None:
+    for name, value in list(vars(obj).items()):
+        if name not in saved:
+            # Modules keep additions: the interpreter caches rewritten helpers whose globals
+            # need them. Classes get patched methods (`tensor.__repr__`) removed.
+            if isinstance(obj, type):
+                delattr(obj, name)
+        elif value is not saved[name]:
+            setattr(obj, name, saved[name])
 
 
 @functools.cache
