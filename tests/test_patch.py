@@ -40,6 +40,17 @@ def test_patched_code_runs_on_torchext_and_matches_torch():
     assert {"dot", "mul", "sum", "sin", "cos", "norm", "mv", "sub"} <= routed
 
 
+def test_numbers_on_the_left_are_routed_like_torch():
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    with torchext.patch() as mode:
+        out = (2 - x) * (3 * x) + torch.rsub(x, 1.5, alpha=2)
+        (grad,) = torch.autograd.grad(out.sum(), x)
+    ref = (2 - x) * (3 * x) + torch.rsub(x, 1.5, alpha=2)
+    assert_close(out, ref)
+    assert_close(grad, torch.autograd.grad(ref.sum(), x)[0])
+    assert mode.routed["__rsub__"] == 1 and mode.routed["rsub"] == 1 and mode.routed["mul"] == 2
+
+
 def test_patched_graph_is_made_of_torchext_functions():
     x = torch.randn(4, requires_grad=True)
     with torchext.patch():

@@ -52,12 +52,6 @@ def _binary(op: Callable[..., torch.Tensor], reflected: bool = False) -> Route:
             return NotImplemented
         if reflected:
             input, other = other, input
-        if not isinstance(input, torch.Tensor):
-            # 2 * x: torchext.mul, like torch.mul, takes the tensor first; mul commutes, sub not
-            if op is torchext.mul:
-                input, other = other, input
-            else:
-                return NotImplemented
         return op(input, other, **kwargs)
 
     return route
@@ -94,7 +88,7 @@ def _routes() -> dict[Callable, Route]:
         )
         for f in fs
     }
-    mul, sub = _binary(torchext.mul), _binary(torchext.sub)
+    mul, sub, rsub = _binary(torchext.mul), _binary(torchext.sub), _binary(torchext.sub, True)
     return {
         **unary,
         torch.mul: mul,
@@ -104,7 +98,8 @@ def _routes() -> dict[Callable, Route]:
         torch.sub: sub,
         T.sub: sub,
         T.__sub__: sub,
-        T.__rsub__: _binary(torchext.sub, True),
+        T.__rsub__: rsub,
+        torch.rsub: rsub,
         torch.sum: _sum,
         T.sum: _sum,
         torch.norm: _norm,
