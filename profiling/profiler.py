@@ -194,7 +194,10 @@ class Profile:
 
     def graph_held_bytes(self, tensor: torch.Tensor) -> int:
         """Bytes held by the part of the recorded graph reachable from `tensor.grad_fn`."""
-        registry = self._recorder.registry
+        recorder = self._recorder
+        if not recorder.stopped:
+            recorder.discover_pending()  # inside the block: the last op's node is not seen yet
+        registry = recorder.registry
         node = tensor.grad_fn
         node_id = None if node is None else registry.node_id(node)
         if node_id is None:

@@ -48,7 +48,9 @@ def test_detach_halfway_new_graph_holds_half():
         first_half = sin_chain(x, k // 2)
         second_half = sin_chain(first_half.detach().requires_grad_(), k // 2)
         loss = second_half.sum()
+        inside = prof.graph_held_bytes(loss), prof.graph_held_bytes(first_half)
     half = k // 2 * n * FLOAT32
+    assert inside == (half, half)  # the last op's node too, while the block runs
     assert prof.held_bytes == 2 * half
     assert prof.graph_held_bytes(loss) == half
     assert prof.graph_held_bytes(first_half) == half
