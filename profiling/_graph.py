@@ -17,6 +17,7 @@ import torch
 from torch.autograd.function import BackwardCFunction
 
 from ._saved import SavedLedger
+from .export import format_bytes
 
 _SAVED_ATTRS: dict[type, tuple[str, ...]] = {}
 
@@ -172,22 +173,13 @@ class AutogradGraph:
             if row.module:
                 label += f"\\n{row.module}"
             if row.saved_bytes:
-                label += f"\\nsaved {_human(row.saved_bytes)}"
+                label += f"\\nsaved {format_bytes(row.saved_bytes)}"
             style = "" if row.alive else ", style=dashed"
             lines.append(f'  n{row.node_id} [label="{label}"{style}];')
         for row in self.edges.itertuples(index=False):
             lines.append(f"  n{row.src} -> n{row.dst};")
         lines.append("}")
         return "\n".join(lines) + "\n"
-
-
-def _human(nbytes: int) -> str:
-    value = float(nbytes)
-    for unit in ("B", "KiB", "MiB"):
-        if value < 1024:
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
 
 
 def build_graph(registry: NodeRegistry, first_saver: dict[int, int]) -> AutogradGraph:
