@@ -369,8 +369,8 @@ def assert_compiles_for_sm90(cases: list[tuple], cache_dir) -> None:
     needed): the interpreter is lenient, this checks the kernels' types (fp64/int64 scalar
     arguments, constexpr branches) as a GPU would. Dtype constexprs are given by name.
 
-    It runs in a fresh process: once a CPU launch has run a `tl` jit helper through Triton 3.9's
-    interpreter, the interpreter's patches of `triton.language` stay and break codegen.
+    It runs in a fresh process, as a first CUDA compile would (tests/test_runtime.py checks
+    that one after CPU launches works too).
     """
     spec = json.dumps([[k.fn.__module__, k.fn.__name__, sig, var] for k, sig, var in cases])
     env = {**os.environ, "TRITON_CACHE_DIR": str(cache_dir)}  # a real compile, not a cache hit

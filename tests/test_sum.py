@@ -267,7 +267,7 @@ def test_compiled_function_matches_eager():
 
 # Compiles kernels for sm_90 as the JIT would specialise them for the given argument values (ints
 # of 1 become constants, multiples of 16 and pointers are marked aligned) and prints their global
-# loads. A fresh process: Triton's interpreter, once run, leaves `triton.language` patched.
+# loads, in a fresh process as a first CUDA compile would.
 _SM90_LOADS = """
 import importlib, inspect, json, re, sys
 import triton, triton.language as tl

@@ -9,6 +9,8 @@ the one its compute dtype needs (int64 math for integer and bool results, floats
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
 from triton_kernels.runtime import (
     ELEMENTWISE_BLOCK,
@@ -21,6 +23,26 @@ from triton_kernels.runtime import (
 Number = bool | int | float
 
 _FP64_EXACT_INT = 2**53
+
+
+@triton.jit
+def load_operand(ptr, offsets, mask, IS_SCALAR: tl.constexpr, COMPUTE_DTYPE: tl.constexpr):
+    """An operand's block, or its single element for every lane when it is one broadcast value."""
+    if IS_SCALAR:  # a constexpr branch: one return type per specialisation
+        value = tl.load(ptr)
+    else:
+        value = tl.load(ptr + offsets, mask=mask)
+    return value.to(COMPUTE_DTYPE)
+
+
+@triton.jit
+def pinned_scalar(value_fp64, value_int64, COMPUTE_DTYPE: tl.constexpr):
+    """The `(fp64, int64)` pair of `scalar_args` as one value of the compute dtype."""
+    if COMPUTE_DTYPE == tl.int64:
+        value = tl.full((), value_int64, COMPUTE_DTYPE)
+    else:
+        value = tl.full((), value_fp64, COMPUTE_DTYPE)
+    return value
 
 
 def scalar_args(value: Number, out_dtype: torch.dtype) -> tuple[float, int]:

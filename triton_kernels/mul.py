@@ -13,7 +13,13 @@ import torch
 import triton
 import triton.language as tl
 
-from triton_kernels.binary import Number, launch_elementwise, scalar_args
+from triton_kernels.binary import (
+    Number,
+    launch_elementwise,
+    load_operand,
+    pinned_scalar,
+    scalar_args,
+)
 from triton_kernels.runtime import binary_operands
 
 
@@ -31,14 +37,8 @@ def mul_kernel(
     pid = tl.program_id(0).to(tl.int64)
     offsets = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n_elements
-    if A_IS_SCALAR:
-        a = tl.load(a_ptr).to(COMPUTE_DTYPE)
-    else:
-        a = tl.load(a_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
-    if B_IS_SCALAR:
-        b = tl.load(b_ptr).to(COMPUTE_DTYPE)
-    else:
-        b = tl.load(b_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
+    a = load_operand(a_ptr, offsets, mask, A_IS_SCALAR, COMPUTE_DTYPE)
+    b = load_operand(b_ptr, offsets, mask, B_IS_SCALAR, COMPUTE_DTYPE)
     tl.store(out_ptr + offsets, (a * b).to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -55,10 +55,7 @@ def mul_scalar_kernel(
     pid = tl.program_id(0).to(tl.int64)
     offsets = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n_elements
-    if COMPUTE_DTYPE == tl.int64:
-        scalar = tl.full((), scalar_int64, COMPUTE_DTYPE)
-    else:
-        scalar = tl.full((), scalar_fp64, COMPUTE_DTYPE)
+    scalar = pinned_scalar(scalar_fp64, scalar_int64, COMPUTE_DTYPE)
     x = tl.load(x_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
     tl.store(out_ptr + offsets, (x * scalar).to(out_ptr.dtype.element_ty), mask=mask)
 

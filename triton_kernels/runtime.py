@@ -23,21 +23,35 @@ ELEMENTWISE_WARPS = 4
 class _InterpretedKernel:
     """A kernel run by Triton's interpreter on CPU tensors, `kernel[grid](...)` like the real one.
 
-    `InterpretedFunction(kernel.fn)` interprets the kernel's own body, but triton.language's
-    helpers that are themselves `@triton.jit` functions (`tl.sum`, `tl.zeros`, `tl.cdiv`, ...)
-    stay compiled-only and refuse to run. For the launch, they are swapped for interpreted
-    twins, which is what `TRITON_INTERPRET=1` does for the whole process at import time.
+    `InterpretedFunction(kernel.fn)` interprets the kernel's own body, but the `@triton.jit`
+    helpers it calls (triton.language's `tl.sum`, `tl.zeros`, ..., and our own, such as
+    `triton_kernels.binary.load_operand`) stay compiled-only and refuse to run. For the launch,
+    they are swapped for interpreted twins, which is what `TRITON_INTERPRET=1` does for the whole
+    process at import time.
     """
 
     def __init__(self, kernel: triton.JITFunction) -> None:
         from triton.runtime.interpreter import InterpretedFunction
+        from triton.runtime.jit import JITFunction
 
         self.fn = InterpretedFunction(kernel.fn)
+        namespace = kernel.fn.__globals__
+        self.helpers = [
+            (namespace, name, helper, InterpretedFunction(helper.fn))
+            for name, helper in namespace.items()
+            if isinstance(helper, JITFunction) and helper is not kernel
+        ]
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
             with _interpreted_language_helpers():
-                return self.fn[grid](*args, **kwargs)
+                for namespace, name, _, interpreted in self.helpers:
+                    namespace[name] = interpreted
+                try:
+                    return self.fn[grid](*args, **kwargs)
+                finally:
+                    for namespace, name, compiled, _ in self.helpers:
+                        namespace[name] = compiled
 
         return launch
 
