@@ -65,10 +65,11 @@ class NodeRecord:
 class NodeRegistry:
     """Every node the profiler found, the edges between them, and which are still alive."""
 
-    def __init__(self, ledger: SavedLedger, on_new_node: Callable[[object, int], None]) -> None:
+    def __init__(self, ledger: SavedLedger,
+                 on_new_node: Callable[[object, int], None] | None) -> None:
         self.key = f"profiling.{id(self)}"
         self.ledger = ledger
-        self.on_new_node = on_new_node  # registers the backward hooks on a new node
+        self.on_new_node = on_new_node  # registers the backward hooks (None: no more hooks)
         self.nodes: list[NodeRecord] = []
         self.edges: list[tuple[int, int]] = []
         self.alive: set[int] = set()
@@ -99,7 +100,8 @@ class NodeRegistry:
         self.alive.add(node_id)
         self.nodes.append(NodeRecord(node_id, type(node).__name__, module, row_seq,
                                      self._saved_by(node)))
-        self.on_new_node(node, node_id)
+        if self.on_new_node is not None:
+            self.on_new_node(node, node_id)
         return node_id
 
     def discover(self, node: object, row_seq: int | None, module: str) -> int:

@@ -23,7 +23,8 @@ class ModuleStack:
     """The path of the innermost module whose forward is running ("" outside any module)."""
 
     def __init__(self, on_new_root: Callable[[nn.Module], None]) -> None:
-        self._on_new_root = on_new_root  # accounts for the parameters of a newly seen model
+        # accounts for the parameters of a newly seen model (None once stopped)
+        self._on_new_root: Callable[[nn.Module], None] | None = on_new_root
         self._paths: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
         self._stack: list[str] = []
         self.current = ""
@@ -38,7 +39,8 @@ class ModuleStack:
                     self._paths[sub] = name
             path = type(module).__name__
             self._paths[module] = path
-            self._on_new_root(module)
+            if self._on_new_root is not None:
+                self._on_new_root(module)
         return path
 
     def _pre(self, module: nn.Module, args: Any) -> None:
@@ -61,3 +63,4 @@ class ModuleStack:
         self._handles = []
         self._stack.clear()
         self.current = ""
+        self._on_new_root = None  # a reference cycle through the recorder: see Recorder.stop

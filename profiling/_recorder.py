@@ -26,7 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ._graph import NodeRegistry, is_backward_running
 from ._modules import ModuleStack
-from ._saved import SavedLedger
+from ._saved import SavedLedger, context_outside_rows
 from ._storage import StorageTracker
 
 Tensor = torch.Tensor
@@ -175,8 +175,17 @@ class Recorder:
                 handle.remove()
             self._handles.clear()
             self.storages.stop()
+            self._drop_back_references()
         if errors:
             raise errors[0]
+
+    def _drop_back_references(self) -> None:
+        """While the block runs, the helpers call back into the recorder (reference cycles).
+        Dropping those callbacks lets reference counting free a finished profile at once,
+        instead of leaving its rows for the garbage collector to walk."""
+        self.ledger.close(self.current_seq())
+        self.registry.on_new_node = None
+        self._mode = None  # type: ignore[assignment]
 
     # ------------------------------------------------------------------ shared state
     def current_seq(self) -> int:
@@ -186,10 +195,7 @@ class Recorder:
         """(seq, backward node, phase) for a saved tensor the graph releases now."""
         if self._open is not None and self._open.kind == "node" and not self.stopped:
             return self._open.seq, self._open.op, "backward"
-        if is_backward_running():
-            node = torch._C._current_autograd_node()
-            return self.current_seq(), type(node).__name__ if node is not None else "", "backward"
-        return self.current_seq(), "", "after"
+        return context_outside_rows(self.current_seq())
 
     def _live(self) -> int:
         if self.cuda:

@@ -54,6 +54,15 @@ class _Packed:
 ReleaseContext = Callable[[], tuple[int, str, str]]
 
 
+def context_outside_rows(seq: int) -> tuple[int, str, str]:
+    """(seq, backward node, phase) for a release outside any open row: during a backward pass
+    the running node, else "after" the last row."""
+    if torch._C._current_graph_task_id() != -1:
+        node = torch._C._current_autograd_node()
+        return seq, type(node).__name__ if node is not None else "", "backward"
+    return seq, "", "after"
+
+
 class SavedLedger:
     """Every storage saved for backward while profiling, and the bytes graphs still hold."""
 
@@ -65,6 +74,14 @@ class SavedLedger:
         self.capturing: list[SavedEntry] | None = None
         self._current_seq = current_seq
         self._release_context = release_context
+        self._final_seq: int | None = None
+
+    def close(self, final_seq: int) -> None:
+        """The block ended: later releases (a graph freed after it) come after its last row.
+        Drops the callbacks into the recorder, so that no reference cycle keeps the finished
+        profile for the garbage collector to find: reference counting frees it."""
+        self._final_seq = final_seq
+        self._current_seq = self._release_context = None  # type: ignore[assignment]
 
     def pack(self, tensor: torch.Tensor) -> object:
         ref = self.storages.track(tensor, created=False)
@@ -96,7 +113,9 @@ class SavedLedger:
         entry.holds -= 1
         if entry.holds == 0:
             self.held_bytes -= entry.nbytes
-            entry.freed_seq, entry.freed_by, entry.freed_phase = self._release_context()
+            entry.freed_seq, entry.freed_by, entry.freed_phase = (
+                self._release_context() if self._final_seq is None
+                else context_outside_rows(self._final_seq))
 
     def hooks(self) -> torch.autograd.graph.saved_tensors_hooks:
         return torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)

@@ -28,7 +28,6 @@ class StorageTracker:
         self._next_id = 0
         self.live: dict[torch.device, int] = {}
         self.peak: dict[torch.device, int] = {}
-        self._callback = self._on_free
 
     def _on_free(self, ref: _StorageRef) -> None:
         if self.refs.get(ref.address) is ref:
@@ -36,7 +35,7 @@ class StorageTracker:
         self.live[ref.device] -= ref.nbytes
 
     def add(self, storage: torch.UntypedStorage, address: int, created: bool) -> _StorageRef:
-        ref = _StorageRef(storage, self._callback)
+        ref = _StorageRef(storage, self._on_free)  # not kept on self: that would be a cycle
         ref.address = address
         ref.storage_id = self._next_id
         self._next_id += 1

@@ -156,3 +156,34 @@ def test_results_need_the_block_to_end_and_a_profile_runs_once():
             prof.ops  # noqa: B018
     with pytest.raises(RuntimeError, match="only be entered once"), prof:
         pass
+
+
+def test_finished_profile_is_freed_by_reference_counting():
+    """No reference cycle outlives the block: a profile nobody holds is freed at once, not left
+    (rows, nodes, storages) for the garbage collector to walk on every later collection."""
+
+    class Double(Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * 2
+
+    model = torch.nn.Linear(8, 8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    gc.collect()
+    gc.disable()
+    try:
+        with profile("cpu") as prof:
+            loss = Double.apply(model(torch.randn(4, 8))).relu().sum()
+            loss.backward(retain_graph=True)
+            optimizer.step()
+        assert len(prof.ops) > 0 and prof.held_bytes > 0
+        recorder = weakref.ref(prof._recorder)
+        del prof
+        assert recorder() is None
+        del loss  # the retained graph, released after its profile is gone
+    finally:
+        gc.enable()
