@@ -27,7 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ._graph import NodeRegistry, is_backward_running
 from ._modules import ModuleStack
 from ._saved import SavedLedger, context_outside_rows
-from ._storage import StorageTracker
+from ._storage import NO_STORAGE, StorageTracker, tensors_in
 
 Tensor = torch.Tensor
 _perf_counter = time.perf_counter
@@ -39,20 +39,18 @@ ROW_FIELDS = ("seq", "op", "phase", "module", "input_shapes", "dtype", "device",
               "live_bytes", "peak_bytes", "time_ms", "t_ms")
 
 
-def _tensors(values: Any) -> list[Tensor]:
-    found = []
-    for value in values:
-        if isinstance(value, Tensor):
-            found.append(value)
-        elif isinstance(value, (list, tuple)):
-            found.extend(v for v in value if isinstance(v, Tensor))
-    return found
-
-
 def _outputs(out: Any) -> list[Tensor]:
     if isinstance(out, Tensor):
         return [out]
-    return _tensors(out) if isinstance(out, (tuple, list)) else []
+    return tensors_in(out) if isinstance(out, (tuple, list)) else []
+
+
+def _op_info(func: Any) -> tuple[str, Any]:
+    """(row name, what to call) for an operator: `OpOverload.__call__` only forwards to `_op`,
+    so calling that skips a Python frame per op. Profiler markers (record_function, e.g. around
+    `optimizer.step`) get no row: name ""."""
+    name = "" if getattr(func, "namespace", "") == "profiler" else func._name
+    return name, getattr(func, "_op", func)
 
 
 class _OpenRow:
@@ -98,7 +96,7 @@ class Recorder:
         self.t0 = 0.0
         self._open: _OpenRow | None = None
         self._pending: tuple[int, str, weakref.ref] | None = None
-        self._op_names: dict[int, str] = {}
+        self._ops: dict[int, tuple[str, Any]] = {}  # id(func) -> _op_info(func)
         self._handles: list[Any] = []
         self._mode = _DispatchRecorder(self)
         self._saved_hooks = self.ledger.hooks()
@@ -216,45 +214,47 @@ class Recorder:
         # The hot path: runs for every aten op, so it binds locals and calls little.
         if self._pending is not None:
             self.discover_pending()
+        op = self._ops.get(id(func))  # OpOverloads live forever; hashing them is slow
+        if op is None:
+            op = self._ops[id(func)] = _op_info(func)
+        name, call = op
         storages = self.storages
         open_row = self._open
         if open_row is not None and open_row.kind == "node":
             # inside a backward node: its inputs are known already; count what it allocates
-            out = func(*args, **kwargs)
-            open_row.output_bytes += storages.track_all(_outputs(out), True)
-            live = self._live()
+            out = call(*args, **kwargs)
+            open_row.output_bytes += storages.track_output(out)
+            live = (torch.cuda.memory_allocated(self.device) if self.cuda
+                    else storages.live.get(self.device, 0))
             if live > open_row.peak:
                 open_row.peak = live
             return out
-        inputs = _tensors(args)
+        inputs = tensors_in(args)
         if kwargs:
-            inputs.extend(_tensors(kwargs.values()))
+            inputs.extend(tensors_in(kwargs.values()))
         refs = storages.refs
         for tensor in inputs:
             try:
                 storage = tensor.untyped_storage()
-            except (RuntimeError, NotImplementedError, TypeError):
+            except NO_STORAGE:
                 continue
             if storage._cdata not in refs:
                 storages.add(storage, storage._cdata, False)
         if open_row is not None:  # folded into a custom Function's row
-            out = func(*args, **kwargs)
-            open_row.output_bytes += storages.track_all(_outputs(out), True)
+            out = call(*args, **kwargs)
+            open_row.output_bytes += storages.track_output(out)
             live = self._live()
             if live > open_row.peak:
                 open_row.peak = live
             return out
-        name = self._op_names.get(id(func))  # OpOverloads live forever; hashing them is slow
-        if name is None:
-            name = self._op_names[id(func)] = "" if func.namespace == "profiler" else func._name
         if not name:  # record_function markers (optimizer.step): no row
-            return func(*args, **kwargs)
+            return call(*args, **kwargs)
         self.seq = seq = self.seq + 1
         cuda = self.cuda
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         start = _perf_counter()
-        out = func(*args, **kwargs)
+        out = call(*args, **kwargs)
         end = _perf_counter()
         if isinstance(out, Tensor):
             first = out
@@ -263,7 +263,7 @@ class Recorder:
                 address = storage._cdata
                 output_bytes = 0 if address in refs else storages.add(storage, address,
                                                                       True).nbytes
-            except (RuntimeError, NotImplementedError, TypeError):
+            except NO_STORAGE:
                 output_bytes = 0
         else:
             outputs = _outputs(out)
@@ -314,7 +314,7 @@ class Recorder:
         backward = is_backward_running()
         row = _OpenRow(self.seq, cls.__name__, "backward" if backward else "forward",
                        "" if backward else self.modules.current, "function")
-        inputs = _tensors(args)
+        inputs = tensors_in(args)
         self.storages.track_all(inputs, False)
         row.shapes = [tuple(t.shape) for t in inputs]
         self._reset_peak()
@@ -326,7 +326,7 @@ class Recorder:
         if row is None or self._open is not row:
             return  # closed by stop() already
         self._open = None
-        tensors = _tensors(outputs if isinstance(outputs, (tuple, list)) else (outputs,))
+        tensors = tensors_in(outputs if isinstance(outputs, (tuple, list)) else (outputs,))
         if tensors:
             row.dtype, row.device = tensors[0].dtype, tensors[0].device
         self._finish(row)

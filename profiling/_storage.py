@@ -10,8 +10,14 @@ Nothing here holds a tensor or a storage strongly.
 from __future__ import annotations
 
 import weakref
+from itertools import count
+from typing import Any
 
 import torch
+
+Tensor = torch.Tensor
+# What `untyped_storage()` raises for tensors without storage (subclasses, sparse, nested).
+NO_STORAGE = (RuntimeError, NotImplementedError, TypeError)
 
 
 class _StorageRef(weakref.ref):
@@ -25,7 +31,7 @@ class StorageTracker:
 
     def __init__(self) -> None:
         self.refs: dict[int, _StorageRef] = {}  # StorageImpl address -> weak ref (while alive)
-        self._next_id = 0
+        self._ids = count()
         self.live: dict[torch.device, int] = {}
         self.peak: dict[torch.device, int] = {}
 
@@ -37,8 +43,7 @@ class StorageTracker:
     def add(self, storage: torch.UntypedStorage, address: int, created: bool) -> _StorageRef:
         ref = _StorageRef(storage, self._on_free)  # not kept on self: that would be a cycle
         ref.address = address
-        ref.storage_id = self._next_id
-        self._next_id += 1
+        ref.storage_id = next(self._ids)
         ref.nbytes = nbytes = storage.nbytes()
         ref.device = device = storage.device
         ref.created_in_block = created
@@ -53,8 +58,8 @@ class StorageTracker:
         """The record of `tensor`'s storage, tracking it if new (None: it has no storage)."""
         try:
             storage = tensor.untyped_storage()
-        except (RuntimeError, NotImplementedError, TypeError):
-            return None  # tensors without storage (subclasses, sparse, nested)
+        except NO_STORAGE:
+            return None
         address = storage._cdata
         ref = self.refs.get(address)
         return ref if ref is not None else self.add(storage, address, created)
@@ -65,13 +70,38 @@ class StorageTracker:
         for tensor in tensors:
             try:
                 storage = tensor.untyped_storage()
-            except (RuntimeError, NotImplementedError, TypeError):
+            except NO_STORAGE:
                 continue
             address = storage._cdata
             if address not in refs:
                 new_bytes += self.add(storage, address, created).nbytes
         return new_bytes
 
+    def track_output(self, out: Any) -> int:
+        """Track what an operator returned (a tensor, or a list/tuple of them): the bytes of the
+        storages not seen before. The single-tensor case, by far the most common, is inlined."""
+        if isinstance(out, Tensor):
+            try:
+                storage = out.untyped_storage()
+            except NO_STORAGE:
+                return 0
+            address = storage._cdata
+            return 0 if address in self.refs else self.add(storage, address, True).nbytes
+        if isinstance(out, (tuple, list)):
+            return self.track_all(tensors_in(out), True)
+        return 0
+
     def stop(self) -> None:
         """Forget every storage: drops the weak references, so no callback fires later."""
         self.refs.clear()
+
+
+def tensors_in(values: Any) -> list[Tensor]:
+    """The tensors among `values` and inside the lists/tuples among them (one level)."""
+    found = []
+    for value in values:
+        if isinstance(value, Tensor):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            found.extend(v for v in value if isinstance(v, Tensor))
+    return found
