@@ -171,6 +171,10 @@ def test_fused_least_squares_saves_less_than_the_compositions(out: Path):
 
 def test_cli_report_runs_only_the_study_asked(tmp_path: Path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "rich.progress", None)  # the plain counter
+    flush_calls = []
+    set_flush_denormal = torch.set_flush_denormal
+    monkeypatch.setattr(torch, "set_flush_denormal",
+                        lambda mode: flush_calls.append(mode) or set_flush_denormal(mode))
     code = cli.main(["report", "--device", "cpu", "--size", "tiny", "--only", "recomputation",
                      "--out", str(tmp_path)])
     assert code == 0
@@ -178,6 +182,8 @@ def test_cli_report_runs_only_the_study_asked(tmp_path: Path, monkeypatch, capsy
     assert "[1/1] recomputation" in capsys.readouterr().err
     index = (tmp_path / "README.md").read_text(encoding="utf-8")
     assert "- Command: `torchext-profile report --device cpu --size tiny --only" in index
+    assert flush_calls == [True, False]  # on for the studies, back to torch's default after
+    assert "- Subnormal floats flushed to zero" in index
 
 
 def test_cli_report_help_and_usage_errors(capsys):
