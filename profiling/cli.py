@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import os
-import runpy
 import shlex
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,14 +28,18 @@ from typing import Any
 import pandas as pd
 
 from profiling import html
+from profiling._launch import (
+    CliError,
+    check_module,
+    check_script,
+    print_user_traceback,
+    run_module,
+    run_script,
+)
 
 PROG = "torchext-profile"
 DEFAULT_OUT = "profile_out"
 HEARTBEAT_S = 10.0  # seconds between "still profiling" lines when stderr is not a terminal
-
-
-class CliError(Exception):
-    """A usage error: printed as one line, exit status 2, no traceback."""
 
 
 @dataclass
@@ -74,63 +75,6 @@ def profile_call(
         except BaseException as exc:  # noqa: BLE001 - reported below, profile kept
             error, exit_code = exc, 130 if isinstance(exc, KeyboardInterrupt) else 1
     return ProfiledRun(prof, error, exit_code, result)
-
-
-_MACHINERY = {os.path.abspath(__file__), os.path.abspath(runpy.__file__), "<frozen runpy>"}
-
-
-def print_user_traceback(error: BaseException) -> None:
-    """The traceback as Python would print it for the user's code: our frames left out."""
-    tb = error.__traceback__
-    while tb is not None and (tb.tb_frame.f_code.co_filename in _MACHINERY
-                              or os.path.abspath(tb.tb_frame.f_code.co_filename) in _MACHINERY):
-        tb = tb.tb_next
-    traceback.print_exception(type(error), error, tb or error.__traceback__, file=sys.stderr)
-
-
-def _run_script(path: str, script_args: list[str]) -> dict:
-    """Run a file as `__main__` with its own argv and its folder first on sys.path."""
-    saved_argv, saved_path = sys.argv, sys.path[:]
-    sys.argv = [path, *script_args]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
-    try:
-        return runpy.run_path(path, run_name="__main__")
-    finally:
-        sys.argv, sys.path[:] = saved_argv, saved_path
-
-
-def _run_module(name: str, module_args: list[str]) -> dict:
-    """Run a module as `python -m` does: as `__main__`, the current folder first on sys.path."""
-    saved_argv, saved_path = sys.argv, sys.path[:]
-    sys.argv = [name, *module_args]
-    sys.path.insert(0, os.getcwd())
-    try:
-        return runpy.run_module(name, run_name="__main__", alter_sys=True)
-    finally:
-        sys.argv, sys.path[:] = saved_argv, saved_path
-
-
-def _check_module(name: str) -> None:
-    sys.path.insert(0, os.getcwd())
-    try:
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.submodule_search_locations is not None:
-            if importlib.util.find_spec(f"{name}.__main__") is None:
-                raise CliError(f"'{name}' is a package and has no __main__ module to run")
-    except (ImportError, ValueError) as exc:
-        raise CliError(f"no module named '{name}' ({exc})") from None
-    finally:
-        sys.path.remove(os.getcwd())
-    if spec is None:
-        raise CliError(f"no module named '{name}'")
-
-
-def _check_script(path: str) -> None:
-    if os.path.isfile(path):
-        return
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "__main__.py")):
-        return
-    raise CliError(f"can't open file '{path}': no such script")
 
 
 def _out_folder(out: str | None) -> Path | None:
@@ -209,11 +153,11 @@ def run_command(args: argparse.Namespace) -> int:
     name, target_args = target[0], target[1:]
     folder = _out_folder(args.out)
     if args.module:
-        _check_module(name)
-        call, label = (lambda: _run_module(name, target_args)), f"-m {name}"
+        check_module(name)
+        call, label = (lambda: run_module(name, target_args)), f"-m {name}"
     else:
-        _check_script(name)
-        call, label = (lambda: _run_script(name, target_args)), name
+        check_script(name)
+        call, label = (lambda: run_script(name, target_args)), name
     command = shlex.join([PROG, "run", *(["-m"] if args.module else []), *target])
     run = profile_call(call, device=args.device, command=command, label=label)
     if run.error is not None:

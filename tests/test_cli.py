@@ -106,7 +106,7 @@ def test_a_raising_script_prints_its_traceback_and_keeps_the_partial_profile(tmp
     assert code == 1
     assert "Traceback (most recent call last)" in stderr and "ValueError: boom" in stderr
     assert f'File "{script}", line 10, in <module>' in stderr
-    assert "cli.py" not in stderr and "runpy" not in stderr  # only the script's frames
+    assert "cli.py" not in stderr and "_launch.py" not in stderr and "runpy" not in stderr
     assert "partial" in stderr
     ops = load_profile(tmp_path / "out").ops
     assert ops.loc[ops["op"] == "aten::sin", "saved_bytes"].sum() == 2 * 32
