@@ -8,7 +8,8 @@ own memory tools, all measured in the same run:
 - `MemTracker`: `torch.distributed._tools.mem_tracker.MemTracker` (with `track_external`).
 
 Repetitions are interleaved (each round runs every tool once, in a rotating order) so that
-drift in the machine's speed hits all of them alike; the table gives medians and ratios. On a
+drift in the machine's speed hits all of them alike; the table gives medians, their ratios, and
+the added time as the median of same-round differences (`paired_added_ms`). On a
 machine shared with other work, `--clock cpu --threads 1` measures CPU time instead of wall time,
 which other processes disturb far less.
 
@@ -35,7 +36,7 @@ from torch.distributed._tools.mem_tracker import MemTracker
 from profiling import profile
 
 COLUMNS = ("device", "device_name", "torch", "date", "command", "config", "tool", "repeats",
-           "ms", "ms_p20", "ms_p80", "ratio")
+           "ms", "ms_p20", "ms_p80", "ratio", "added_ms")
 
 
 def make_step(args: argparse.Namespace, device: torch.device):
@@ -113,6 +114,13 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def paired_added_ms(samples: list[float], baseline: list[float]) -> float:
+    """Median over rounds of (tool − unprofiled) in the same round. Each round runs every tool
+    back to back, so a slow spell of the machine shifts both sides of a difference alike: a
+    steadier estimate of the added time than a difference of two medians."""
+    return statistics.median(t - b for t, b in zip(samples, baseline, strict=True))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -154,14 +162,16 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(info | {"tool": tool, "repeats": len(samples), "ms": round(median, 3),
                             "ms_p20": round(quantile(samples, 0.2), 3),
                             "ms_p80": round(quantile(samples, 0.8), 3),
-                            "ratio": round(median / baseline, 3)})
+                            "ratio": round(median / baseline, 3),
+                            "added_ms": round(paired_added_ms(samples, times["unprofiled"]), 3)})
 
     print(f"{config} on {device} ({device_name}), torch {torch.__version__}, "
           f"{args.repeats} interleaved repeats")
-    print(f"{'tool':<24}{'median ms':>12}{'p20':>10}{'p80':>10}{'x unprofiled':>14}")
+    print(f"{'tool':<24}{'median ms':>12}{'p20':>10}{'p80':>10}{'x unprofiled':>14}"
+          f"{'added ms (paired)':>19}")
     for row in rows:
         print(f"{row['tool']:<24}{row['ms']:>12.2f}{row['ms_p20']:>10.2f}{row['ms_p80']:>10.2f}"
-              f"{row['ratio']:>14.2f}")
+              f"{row['ratio']:>14.2f}{row['added_ms']:>19.2f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("w", newline="") as handle:

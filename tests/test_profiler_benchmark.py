@@ -18,6 +18,14 @@ def test_overhead_benchmark_writes_one_row_per_tool(tmp_path, capsys):
     assert [r["tool"] for r in rows] == ["unprofiled", "profiling.profile",
                                          "profiling.profile+ops", "torch.profiler", "MemTracker"]
     assert set(rows[0]) == set(bench_profiler_overhead.COLUMNS)
-    assert float(rows[0]["ratio"]) == 1.0
+    assert float(rows[0]["ratio"]) == 1.0 and float(rows[0]["added_ms"]) == 0.0
     assert all(float(r["ms"]) > 0 and int(r["repeats"]) == 2 for r in rows)
     assert "x unprofiled" in capsys.readouterr().out
+
+
+def test_added_time_is_the_median_of_same_round_differences():
+    # Rounds run at different speeds; within each, profiling adds 2 ms, except one 28 ms spike.
+    # The difference of the two medians would say 20 ms (32 - 12).
+    unprofiled = [10.0, 11.0, 30.0, 31.0, 12.0]
+    profiled = [12.0, 13.0, 32.0, 33.0, 40.0]
+    assert bench_profiler_overhead.paired_added_ms(profiled, unprofiled) == 2.0
