@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 
 import torch
 import triton
@@ -32,48 +33,44 @@ class _InterpretedKernel:
 
     def __init__(self, kernel: triton.JITFunction) -> None:
         from triton.runtime.interpreter import InterpretedFunction
-        from triton.runtime.jit import JITFunction
 
         self.fn = InterpretedFunction(kernel.fn)
-        namespace = kernel.fn.__globals__
-        self.helpers = [
-            (namespace, name, helper, InterpretedFunction(helper.fn))
-            for name, helper in namespace.items()
-            if isinstance(helper, JITFunction) and helper is not kernel
-        ]
+        self.helpers = _interpreted_twins(sys.modules[kernel.fn.__module__], skip=kernel)
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            with _interpreted_language_helpers():
-                for namespace, name, _, interpreted in self.helpers:
-                    namespace[name] = interpreted
-                try:
-                    return self.fn[grid](*args, **kwargs)
-                finally:
-                    for namespace, name, compiled, _ in self.helpers:
-                        namespace[name] = compiled
+            with _interpreted_helpers(self.helpers):
+                return self.fn[grid](*args, **kwargs)
 
         return launch
 
 
-@functools.cache
-def _language_helpers() -> tuple[tuple[object, str, object, object], ...]:
+Twins = tuple[tuple[object, str, object, object], ...]  # (module, name, compiled, interpreted)
+
+
+def _interpreted_twins(*modules: object, skip: object = None) -> Twins:
+    """Each `@triton.jit` function of `modules` (but `skip`), with its interpreted twin."""
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
-    with contextlib.suppress(ImportError):  # imports tl.standard by name; must see the originals
-        import triton.experimental.gluon.language  # noqa: F401
     return tuple(
         (module, name, helper, InterpretedFunction(helper.fn))
-        for module in (tl, tl.standard)
+        for module in modules
         for name, helper in vars(module).items()
-        if isinstance(helper, JITFunction)
+        if isinstance(helper, JITFunction) and helper is not skip
     )
 
 
+@functools.cache
+def _language_helpers() -> Twins:
+    with contextlib.suppress(ImportError):  # imports tl.standard by name; must see the originals
+        import triton.experimental.gluon.language  # noqa: F401
+    return _interpreted_twins(tl, tl.standard)
+
+
 @contextlib.contextmanager
-def _interpreted_language_helpers():
-    helpers = _language_helpers()
+def _interpreted_helpers(kernel_helpers: Twins):
+    helpers = _language_helpers() + kernel_helpers
     patched = _patched_by_interpreter()
     before = [dict(vars(obj)) for obj in patched]
     for module, name, _, interpreted in helpers:
