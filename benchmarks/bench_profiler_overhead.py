@@ -7,11 +7,12 @@ own memory tools, all measured in the same run:
 - `torch.profiler`: `torch.profiler.profile(profile_memory=True, record_shapes=True)`;
 - `MemTracker`: `torch.distributed._tools.mem_tracker.MemTracker` (with `track_external`).
 
-Repetitions are interleaved (each round runs every tool once, in a rotating order) so that
-drift in the machine's speed hits all of them alike; the table gives medians, their ratios, and
-the added time as the median of same-round differences (`paired_added_ms`). On a
-machine shared with other work, `--clock cpu --threads 1` measures CPU time instead of wall time,
-which other processes disturb far less.
+Repetitions are interleaved (each round runs every tool once, in a shuffled order) so that
+drift in the machine's speed hits all of them alike, and so that no tool always runs right
+after the same other one (what a run leaves behind, e.g. freed memory, changes the next). The
+table gives medians, their ratios, and the added time as the median of same-round differences
+(`paired_added_ms`). On a machine shared with other work, `--clock cpu --threads 1` measures
+CPU time instead of wall time, which other processes disturb far less.
 
     python -m benchmarks.bench_profiler_overhead                 # CPU
     python -m benchmarks.bench_profiler_overhead --device cuda --out overhead.csv
@@ -23,6 +24,7 @@ import argparse
 import csv
 import datetime
 import platform
+import random
 import shlex
 import statistics
 import sys
@@ -98,9 +100,10 @@ def measure(candidates: dict[str, Callable[[], None]], repeats: int, warmup: int
         for name in names:
             candidates[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(repeats):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
+    order = random.Random(0)  # the same orders in every run
+    for _ in range(repeats):
+        order.shuffle(names)
+        for name in names:
             sync()
             start = clock()
             candidates[name]()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 
+import torch
+
 from benchmarks import bench_profiler_overhead
 
 
@@ -29,3 +31,17 @@ def test_added_time_is_the_median_of_same_round_differences():
     unprofiled = [10.0, 11.0, 30.0, 31.0, 12.0]
     profiled = [12.0, 13.0, 32.0, 33.0, 40.0]
     assert bench_profiler_overhead.paired_added_ms(profiled, unprofiled) == 2.0
+
+
+def test_rounds_run_every_tool_once_in_changing_orders():
+    # A tool that always ran right after the same other one would carry that one's after-effects
+    # (e.g. memory it freed) into every one of its samples.
+    calls: list[str] = []
+    candidates = {name: (lambda name=name: calls.append(name)) for name in "abcd"}
+    times = bench_profiler_overhead.measure(candidates, repeats=12, warmup=0,
+                                            device=torch.device("cpu"))
+    rounds = [calls[i:i + 4] for i in range(0, len(calls), 4)]
+    assert all(sorted(r) == list("abcd") for r in rounds) and len(rounds) == 12
+    assert list(times) == list("abcd") and all(len(t) == 12 for t in times.values())
+    predecessors = {r[r.index("a") - 1] for r in rounds if r[0] != "a"}
+    assert len(predecessors) > 1
