@@ -69,8 +69,8 @@ class _OpenRow:
 
 
 class _DispatchRecorder(TorchDispatchMode):
-    """Hands every aten op to the recorder (torch wraps this in `torch._disable_dynamo`, so a
-    compiled function running under the profiler never traces the recorder)."""
+    """Hands every aten op to the recorder, with Dynamo's frame hook off, so that a compiled
+    function running under the profiler never traces the recorder."""
 
     def __init__(self, recorder: Recorder) -> None:
         super().__init__()
@@ -78,6 +78,37 @@ class _DispatchRecorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         return self.recorder.on_op(func, args, kwargs or {})
+
+
+def _dispatch_without_dynamo(self: _DispatchRecorder, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN201
+    # What `torch._disable_dynamo` does around a mode's `__torch_dispatch__` (Dynamo's frame
+    # hook off while the recorder runs), without its two wrapper frames and stance lookups:
+    # about 1.7 us less on every op of the block.
+    prior = _set_eval_frame(None)
+    try:
+        return self.recorder.on_op(func, args, kwargs or {})
+    finally:
+        _set_eval_frame(prior)
+
+
+def _install_dispatch_without_dynamo() -> None:
+    """Swap in `_dispatch_without_dynamo` (once, at the first profile: it imports Dynamo, as
+    torch's wrapper does at its first call). Dynamo must skip the function when it traces a
+    compiled function under the profiler; if any piece is missing, torch's wrapper stays."""
+    global _set_eval_frame
+    if _DispatchRecorder.__torch_dispatch__ is _dispatch_without_dynamo:
+        return
+    try:
+        from torch._C._dynamo.eval_frame import set_eval_frame
+        from torch._dynamo.decorators import skip
+    except ImportError:
+        return
+    _set_eval_frame = set_eval_frame
+    # set on the class after it exists: `TorchDispatchMode.__init_subclass__` would wrap it
+    _DispatchRecorder.__torch_dispatch__ = skip(_dispatch_without_dynamo)  # type: ignore[method-assign]
+
+
+_set_eval_frame: Any = None
 
 
 class Recorder:
@@ -98,6 +129,7 @@ class Recorder:
         self._pending: tuple[int, str, weakref.ref] | None = None
         self._ops: dict[int, tuple[str, Any]] = {}  # id(func) -> _op_info(func)
         self._handles: list[Any] = []
+        _install_dispatch_without_dynamo()
         self._mode = _DispatchRecorder(self)
         self._saved_hooks = self.ledger.hooks()
         self._original_apply: Any = None

@@ -95,3 +95,19 @@ def test_empty_block_gives_empty_tables_with_their_columns():
     assert prof.lifetimes.empty and prof.timeline.empty and prof.leaks().empty
     assert prof.graph.nodes.empty and prof.graph.edges.empty
     assert prof.held_bytes == 0 and prof.meta["peak_bytes"] == 0
+
+
+def test_compiled_function_runs_under_the_profiler_without_tracing_it():
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    compiled = torch.compile(lambda x: torch.sin(x * 2).sum(), backend=counter)
+    x = torch.randn(16, requires_grad=True)
+    compiled(x).backward()
+    expected, x.grad = x.grad, None
+    with profile("cpu") as prof:
+        compiled(x).backward()
+    # the recorder's frames were never compiled, and the ops inside were all recorded
+    assert counter.frame_count == 1
+    assert {"aten::sin", "aten::mul.Tensor", "SinBackward0"} <= set(prof.ops.op)
+    assert torch.equal(x.grad, expected)
