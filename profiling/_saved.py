@@ -38,12 +38,14 @@ class SavedEntry:
 
 
 class _Packed:
-    """What the autograd graph stores for one saved tensor (a detached alias + its entry)."""
+    """What the autograd graph stores for one saved tensor: a detached alias (it shares the
+    original's version counter), the version at save time, and the ledger entry."""
 
-    __slots__ = ("tensor", "entry", "ledger")
+    __slots__ = ("tensor", "version", "entry", "ledger")
 
     def __init__(self, tensor: torch.Tensor, entry: SavedEntry, ledger: SavedLedger) -> None:
         self.tensor = tensor
+        self.version = tensor._version
         self.entry = entry
         self.ledger = ledger
 
@@ -105,9 +107,17 @@ class SavedLedger:
     def unpack(self, packed: object) -> torch.Tensor:
         if type(packed) is not _Packed:
             return packed  # type: ignore[return-value]
+        tensor = packed.tensor
+        if tensor._version != packed.version:
+            # autograd skips its own version check once saved-tensor hooks are set: without
+            # this one, profiling would turn torch's error into silently wrong gradients
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an "
+                f"inplace operation: [{tensor.type()} {list(tensor.shape)}] is at version "
+                f"{tensor._version}; expected version {packed.version} instead.")
         if self.capturing is not None:
             self.capturing.append(packed.entry)
-        return packed.tensor
+        return tensor
 
     def release(self, entry: SavedEntry) -> None:
         entry.holds -= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
 
@@ -111,3 +112,13 @@ def test_compiled_function_runs_under_the_profiler_without_tracing_it():
     assert counter.frame_count == 1
     assert {"aten::sin", "aten::mul.Tensor", "SinBackward0"} <= set(prof.ops.op)
     assert torch.equal(x.grad, expected)
+
+
+def test_saved_tensor_modified_in_place_still_fails_backward_like_torch():
+    x = torch.randn(8, requires_grad=True)
+    with profile("cpu"):
+        h = x * 2
+        y = torch.sin(h)  # SinBackward0 saves h
+        h.add_(1)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.sum().backward()
