@@ -33,6 +33,7 @@ Tensor = torch.Tensor
 _perf_counter = time.perf_counter
 _graph_task_id = torch._C._current_graph_task_id
 _grad_enabled = torch.is_grad_enabled
+_queue_engine_callback = torch.autograd.Variable._execution_engine.queue_callback
 
 # Row fields, in order (input_shapes holds raw shape tuples until the DataFrame is built).
 ROW_FIELDS = ("seq", "op", "phase", "module", "input_shapes", "dtype", "device", "output_bytes",
@@ -59,13 +60,14 @@ class _OpenRow:
     __slots__ = ("seq", "op", "phase", "module", "shapes", "dtype", "device", "output_bytes",
                  "start", "peak", "kind")
 
-    def __init__(self, seq: int, op: str, phase: str, module: str, kind: str) -> None:
+    def __init__(self, seq: int, op: str, phase: str, module: str, kind: str,
+                 shapes: list[tuple[int, ...]], peak: int) -> None:
         self.seq, self.op, self.phase, self.module, self.kind = seq, op, phase, module, kind
-        self.shapes: list[tuple[int, ...]] = []
+        self.shapes = shapes
         self.dtype = self.device = None
         self.output_bytes = 0
-        self.start = time.perf_counter()
-        self.peak = 0
+        self.peak = peak  # live bytes at the start; ops inside raise it
+        self.start = _perf_counter()
 
 
 class _DispatchRecorder(TorchDispatchMode):
@@ -236,11 +238,6 @@ class Recorder:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
 
-    def _peak_since_reset(self, logical_peak: int) -> int:
-        if self.cuda:
-            return torch.cuda.max_memory_allocated(self.device)
-        return logical_peak
-
     # ------------------------------------------------------------------ forward ops
     def on_op(self, func: Any, args: tuple, kwargs: dict) -> Any:
         # The hot path: runs for every aten op, so it binds locals and calls little.
@@ -344,13 +341,12 @@ class Recorder:
             return None  # a Function inside another Function or a backward node: folded
         self.seq += 1
         backward = is_backward_running()
-        row = _OpenRow(self.seq, cls.__name__, "backward" if backward else "forward",
-                       "" if backward else self.modules.current, "function")
         inputs = tensors_in(args)
         self.storages.track_all(inputs, False)
-        row.shapes = [tuple(t.shape) for t in inputs]
         self._reset_peak()
-        row.peak = self._live()
+        row = _OpenRow(self.seq, cls.__name__, "backward" if backward else "forward",
+                       "" if backward else self.modules.current, "function",
+                       [t.shape for t in inputs], self._live())
         self._open = row
         return row
 
@@ -366,9 +362,13 @@ class Recorder:
             self._pending = (row.seq, row.module, weakref.ref(tensors[0]))
 
     def _finish(self, row: _OpenRow) -> None:
-        end = time.perf_counter()
-        live = self._live()
-        peak = self._peak_since_reset(max(row.peak, live))
+        end = _perf_counter()
+        if self.cuda:
+            live = torch.cuda.memory_allocated(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            live = self.storages.live.get(self.device, 0)
+            peak = row.peak if row.peak > live else live
         self.rows.append((row.seq, row.op, row.phase, row.module, row.shapes, row.dtype,
                           row.device, row.output_bytes, live, peak, (end - row.start) * 1e3,
                           (end - self.t0) * 1e3))
@@ -384,24 +384,30 @@ class Recorder:
             self._handles.append(node.register_prehook(partial(self.on_node, node_id)))
 
     def on_node(self, node_id: int, grad_outputs: tuple) -> None:
+        # Runs for every backward node: like on_op, it binds locals and calls little.
         if self._pending is not None:
             self.discover_pending()
-        if self._open is not None and self._open.kind == "node":
-            self._close_open_row()
-        task = torch._C._current_graph_task_id()
-        if task != self._graph_task:
+        open_row = self._open
+        if open_row is not None and open_row.kind == "node":
+            self._open = None
+            self._finish(open_row)
+        task = _graph_task_id()
+        if task != self._graph_task:  # a backward pass starts: its last row closes at its end
             self._graph_task = task
-            torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
+            _queue_engine_callback(self._end_backward)
         record = self.registry.nodes[node_id]
-        self.seq += 1
-        row = _OpenRow(self.seq, record.name, "backward", record.module, "node")
-        grads = [g for g in grad_outputs if isinstance(g, Tensor)]
-        row.shapes = [tuple(g.shape) for g in grads]
-        if grads:
-            row.dtype, row.device = grads[0].dtype, grads[0].device
-        self._reset_peak()
-        row.peak = self._live()
-        self._open = row
+        self.seq = seq = self.seq + 1
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            live = torch.cuda.memory_allocated(self.device)
+        else:
+            live = self.storages.live.get(self.device, 0)
+        row = self._open = _OpenRow(seq, record.name, "backward", record.module, "node",
+                                    [g.shape for g in grad_outputs if g is not None], live)
+        for grad in grad_outputs:
+            if grad is not None:
+                row.dtype, row.device = grad.dtype, grad.device
+                break
 
     def _end_backward(self) -> None:
         self._graph_task = -1
