@@ -5,7 +5,12 @@ own memory tools, all measured in the same run:
 - `profiling.profile`: our profiler around the step (hooks in, step, hooks out; the tables are
   built only when read, so `profiling.profile+ops` also times building `prof.ops`);
 - `torch.profiler`: `torch.profiler.profile(profile_memory=True, record_shapes=True)`;
-- `MemTracker`: `torch.distributed._tools.mem_tracker.MemTracker` (with `track_external`).
+- `MemTracker`: `torch.distributed._tools.mem_tracker.MemTracker` (with `track_external`);
+- `TorchDispatchMode (empty)`: a dispatch mode that only calls each op. Not a tool: the floor
+  any profiler built on a Python dispatch mode pays (ours and MemTracker) before it records
+  anything. Besides the Python call per op, while a mode is active PyTorch treats every tensor
+  as subclass-like and skips in-place fast paths (e.g. backward accumulates gradients out of
+  place), so this floor grows with the tensors' sizes.
 
 Repetitions are interleaved (each round runs every tool once, in a shuffled order) so that
 drift in the machine's speed hits all of them alike, and so that no tool always runs right
@@ -34,11 +39,17 @@ from pathlib import Path
 
 import torch
 from torch.distributed._tools.mem_tracker import MemTracker
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from profiling import profile
 
 COLUMNS = ("device", "device_name", "torch", "date", "command", "config", "tool", "repeats",
            "ms", "ms_p20", "ms_p80", "ratio", "added_ms")
+
+
+class _CallEachOp(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        return func(*args, **(kwargs or {}))
 
 
 def make_step(args: argparse.Namespace, device: torch.device):
@@ -83,9 +94,13 @@ def tools(step: Callable[[], None], external: tuple, device: torch.device) -> di
         with tracker:
             step()
 
+    def dispatch_mode_floor() -> None:
+        with _CallEachOp():
+            step()
+
     return {"unprofiled": step, "profiling.profile": ours,
             "profiling.profile+ops": ours_with_table, "torch.profiler": torch_profiler,
-            "MemTracker": mem_tracker}
+            "MemTracker": mem_tracker, "TorchDispatchMode (empty)": dispatch_mode_floor}
 
 
 def measure(candidates: dict[str, Callable[[], None]], repeats: int, warmup: int,
@@ -170,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{config} on {device} ({device_name}), torch {torch.__version__}, "
           f"{args.repeats} interleaved repeats")
-    print(f"{'tool':<24}{'median ms':>12}{'p20':>10}{'p80':>10}{'x unprofiled':>14}"
+    print(f"{'tool':<27}{'median ms':>12}{'p20':>10}{'p80':>10}{'x unprofiled':>14}"
           f"{'added ms (paired)':>19}")
     for row in rows:
-        print(f"{row['tool']:<24}{row['ms']:>12.2f}{row['ms_p20']:>10.2f}{row['ms_p80']:>10.2f}"
+        print(f"{row['tool']:<27}{row['ms']:>12.2f}{row['ms_p20']:>10.2f}{row['ms_p80']:>10.2f}"
               f"{row['ratio']:>14.2f}{row['added_ms']:>19.2f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,8 @@ def test_overhead_benchmark_writes_one_row_per_tool(tmp_path, capsys):
     assert code == 0
     rows = list(csv.DictReader(out.open()))
     assert [r["tool"] for r in rows] == ["unprofiled", "profiling.profile",
-                                         "profiling.profile+ops", "torch.profiler", "MemTracker"]
+                                         "profiling.profile+ops", "torch.profiler", "MemTracker",
+                                         "TorchDispatchMode (empty)"]
     assert set(rows[0]) == set(bench_profiler_overhead.COLUMNS)
     assert float(rows[0]["ratio"]) == 1.0 and float(rows[0]["added_ms"]) == 0.0
     assert all(float(r["ms"]) > 0 and int(r["repeats"]) == 2 for r in rows)
