@@ -29,6 +29,11 @@ What the numbers mean:
 Not seen: tensors a custom Function keeps as plain attributes of `ctx` (not through
 `save_for_backward`), saved tensors packed by another `saved_tensors_hooks` inside the block
 (e.g. activation checkpointing's), and graphs built by a backward with `create_graph=True`.
+
+Changed by profiling (as by any profiler built on a dispatch mode, MemTracker too): while a
+`TorchDispatchMode` is active, PyTorch treats every tensor as subclass-like and skips some
+in-place fast paths. For example, backward sums the gradients of a tensor used twice out of
+place (`aten::add` instead of `add_`), so such a step can peak a little higher when profiled.
 """
 
 from __future__ import annotations

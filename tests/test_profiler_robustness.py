@@ -122,3 +122,21 @@ def test_saved_tensor_modified_in_place_still_fails_backward_like_torch():
         h.add_(1)
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
             y.sum().backward()
+
+
+def test_gradients_of_a_tensor_used_twice_are_summed_out_of_place_under_the_profiler():
+    # The caveat in profiling.profiler's docstring: torch sums them in place (add_) when no
+    # dispatch mode is active. If torch changes this, the docstring must change too.
+    def backward_op_names() -> set[str]:
+        x = torch.randn(64, requires_grad=True)
+        y = x.exp()
+        loss = (y.sin() + y.cos()).sum()
+        with torch.profiler.profile() as recorded:
+            loss.backward()
+        return {event.name for event in recorded.events()}
+
+    unprofiled = backward_op_names()
+    with profile("cpu"):
+        profiled = backward_op_names()
+    assert "aten::add_" in unprofiled and "aten::add" not in unprofiled
+    assert "aten::add" in profiled and "aten::add_" not in profiled
