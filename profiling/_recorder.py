@@ -147,7 +147,7 @@ class Recorder:
             obj = stack.pop()
             if isinstance(obj, Tensor):
                 tensors.append(obj)
-                if obj.grad is not None:
+                if obj.is_leaf and obj.grad is not None:  # a non-leaf's .grad warns, is None
                     tensors.append(obj.grad)
             elif isinstance(obj, torch.nn.Module):
                 stack.extend(obj.parameters())

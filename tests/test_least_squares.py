@@ -56,7 +56,8 @@ def _names(requires_grad) -> str:
     return "".join(name for name, r in zip("Xwy", requires_grad, strict=True) if r) or "none"
 
 
-@pytest.mark.parametrize("requires_grad", itertools.product([False, True], repeat=3), ids=_names)
+@pytest.mark.parametrize("requires_grad", list(itertools.product([False, True], repeat=3)),
+                         ids=_names)
 def test_every_subset_of_inputs_requiring_grad(requires_grad):
     ours = _inputs(40, 6, requires_grad=requires_grad)
     ref = _detached(ours)

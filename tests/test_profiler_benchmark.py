@@ -16,7 +16,7 @@ def test_overhead_benchmark_writes_one_row_per_tool(tmp_path, capsys):
         "--seq", "4", "--repeats", "2", "--warmup", "0", "--out", str(out),
     ])
     assert code == 0
-    rows = list(csv.DictReader(out.open()))
+    rows = list(csv.DictReader(out.read_text().splitlines()))
     assert [r["tool"] for r in rows] == ["unprofiled", "profiling.profile",
                                          "profiling.profile+ops", "torch.profiler", "MemTracker",
                                          "TorchDispatchMode (empty)"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -140,3 +142,13 @@ def test_views_allocate_nothing_and_share_the_storage_saved():
     assert ops.loc["aten::sin", "saved_bytes"] == 0
     assert prof.held_bytes == 64 * 8 * FLOAT32
     assert loss.requires_grad
+
+
+def test_tracking_a_non_leaf_tensor_does_not_warn():
+    x = torch.randn(8, requires_grad=True)
+    hidden = x * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with profile("cpu", track=[hidden]) as prof:
+            hidden.sum()
+    assert prof.ops.op.tolist() == ["aten::sum"]

@@ -38,7 +38,7 @@ def alive_storages() -> dict[int, int]:
     storages = {}
     for obj in gc.get_objects():
         if type(obj) in (torch.Tensor, torch.nn.Parameter):
-            for tensor in (obj, obj.grad):
+            for tensor in (obj, obj.grad if obj.is_leaf else None):
                 if tensor is not None:
                     storage = tensor.untyped_storage()
                     storages[storage._cdata] = storage.nbytes()
