@@ -147,7 +147,8 @@ class Recorder:
             obj = stack.pop()
             if isinstance(obj, Tensor):
                 tensors.append(obj)
-                if obj.is_leaf and obj.grad is not None:  # a non-leaf's .grad warns, is None
+                # a non-leaf has a .grad only after retain_grad(); reading it otherwise warns
+                if (obj.is_leaf or obj.retains_grad) and obj.grad is not None:
                     tensors.append(obj.grad)
             elif isinstance(obj, torch.nn.Module):
                 stack.extend(obj.parameters())

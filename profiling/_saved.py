@@ -107,6 +107,8 @@ class SavedLedger:
     def unpack(self, packed: object) -> torch.Tensor:
         if type(packed) is not _Packed:
             return packed  # type: ignore[return-value]
+        if self.capturing is not None:  # the node saved it, modified since or not
+            self.capturing.append(packed.entry)
         tensor = packed.tensor
         if tensor._version != packed.version:
             # autograd skips its own version check once saved-tensor hooks are set: without
@@ -115,8 +117,6 @@ class SavedLedger:
                 "one of the variables needed for gradient computation has been modified by an "
                 f"inplace operation: [{tensor.type()} {list(tensor.shape)}] is at version "
                 f"{tensor._version}; expected version {packed.version} instead.")
-        if self.capturing is not None:
-            self.capturing.append(packed.entry)
         return tensor
 
     def release(self, entry: SavedEntry) -> None:

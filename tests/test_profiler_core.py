@@ -152,3 +152,15 @@ def test_tracking_a_non_leaf_tensor_does_not_warn():
         with profile("cpu", track=[hidden]) as prof:
             hidden.sum()
     assert prof.ops.op.tolist() == ["aten::sum"]
+
+
+def test_tracking_a_non_leaf_counts_the_grad_it_retains():
+    n = 16
+    x = torch.randn(n, requires_grad=True)
+    hidden = x * 2
+    hidden.retain_grad()
+    hidden.sum().backward()
+    with profile("cpu", track=[hidden]) as prof:
+        hidden.sum()
+    # hidden and hidden.grad, then the sum's 0-d output
+    assert prof.ops.live_bytes.tolist() == [2 * n * FLOAT32 + FLOAT32]

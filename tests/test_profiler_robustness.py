@@ -140,3 +140,17 @@ def test_gradients_of_a_tensor_used_twice_are_summed_out_of_place_under_the_prof
         profiled = backward_op_names()
     assert "aten::add_" in unprofiled and "aten::add" not in unprofiled
     assert "aten::add" in profiled and "aten::add_" not in profiled
+
+
+def test_node_found_late_counts_a_saved_tensor_modified_in_place_since():
+    # A node that a backward with create_graph=True built is found only when a later op walks
+    # to it; what it saved has been modified in place by then, and still is what it holds.
+    n = 8
+    x = torch.randn(n, requires_grad=True)
+    with profile("cpu") as prof:
+        h = x * 2
+        (g,) = torch.autograd.grad(torch.sin(h).sum(), h, create_graph=True)  # CosBackward0(h)
+        h.add_(1)
+        z = g * 3
+    held = prof.graph_held_bytes(z)
+    assert held == prof.graph_held_bytes(g) >= n * FLOAT32
