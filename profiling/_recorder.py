@@ -51,7 +51,36 @@ def _op_info(func: Any) -> tuple[str, Any]:
     so calling that skips a Python frame per op. Profiler markers (record_function, e.g. around
     `optimizer.step`) get no row: name ""."""
     name = "" if getattr(func, "namespace", "") == "profiler" else func._name
-    return name, getattr(func, "_op", func)
+    call = getattr(func, "_op", func)
+    schema = getattr(func, "_schema", None)
+    if schema is None or not schema.name.startswith("aten::_foreach_"):
+        return name, call
+    mutated_lists = tuple(
+        (index, argument.name) for index, argument in enumerate(schema.arguments)
+        if argument.alias_info is not None and argument.alias_info.is_write
+        and isinstance(argument.type, torch.ListType))
+    return name, _bumping_versions(call, mutated_lists) if mutated_lists else call
+
+
+def _bumping_versions(call: Any, mutated_lists: tuple[tuple[int, str], ...]) -> Any:
+    """`call` for an in-place foreach op (`_foreach_add_`, ...). Under a dispatch mode torch
+    does not bump the versions of the tensors it writes (it does without one), so a saved
+    tensor that a foreach optimizer step modified would pass backward's version check and give
+    wrong gradients. Bump what the op left stale, as it would have been without the profiler.
+    (Fused optimizer ops bump nothing even without a mode: left as they are.)"""
+
+    def call_and_bump_versions(*args: Any, **kwargs: Any) -> Any:
+        lists = [args[index] if index < len(args) else kwargs.get(name, ())
+                 for index, name in mutated_lists]
+        before = [[t._version for t in tensors] for tensors in lists]
+        out = call(*args, **kwargs)
+        for tensors, versions in zip(lists, before, strict=True):
+            for tensor, version in zip(tensors, versions, strict=True):
+                if tensor._version == version:
+                    torch.autograd.graph.increment_version(tensor)
+        return out
+
+    return call_and_bump_versions
 
 
 class _OpenRow:

@@ -154,3 +154,17 @@ def test_node_found_late_counts_a_saved_tensor_modified_in_place_since():
         z = g * 3
     held = prof.graph_held_bytes(z)
     assert held == prof.graph_held_bytes(g) >= n * FLOAT32
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_parameter_stepped_by_the_optimizer_fails_the_next_backward_like_torch(foreach):
+    # torch's foreach ops do not bump versions under a dispatch mode; the profiler does it
+    w = torch.randn(4, requires_grad=True)
+    optimizer = torch.optim.SGD([w], lr=0.1, foreach=foreach)
+    with profile("cpu") as prof:
+        loss = (w * w).sum()  # MulBackward0 saves w
+        loss.backward(retain_graph=True)
+        optimizer.step()
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+    assert "aten::_foreach_add_.List" in set(prof.ops.op) or not foreach
