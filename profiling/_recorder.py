@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch.autograd.function import Function
 from torch.optim.optimizer import register_optimizer_step_pre_hook
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from ._dispatch import OpDispatcher, op_info
 from ._graph import NodeRegistry, is_backward_running
 from ._modules import ModuleStack
 from ._saved import SavedLedger, context_outside_rows
@@ -46,43 +46,6 @@ def _outputs(out: Any) -> list[Tensor]:
     return tensors_in(out) if isinstance(out, (tuple, list)) else []
 
 
-def _op_info(func: Any) -> tuple[str, Any]:
-    """(row name, what to call) for an operator: `OpOverload.__call__` only forwards to `_op`,
-    so calling that skips a Python frame per op. Profiler markers (record_function, e.g. around
-    `optimizer.step`) get no row: name ""."""
-    name = "" if getattr(func, "namespace", "") == "profiler" else func._name
-    call = getattr(func, "_op", func)
-    schema = getattr(func, "_schema", None)
-    if schema is None or not schema.name.startswith("aten::_foreach_"):
-        return name, call
-    mutated_lists = tuple(
-        (index, argument.name) for index, argument in enumerate(schema.arguments)
-        if argument.alias_info is not None and argument.alias_info.is_write
-        and isinstance(argument.type, torch.ListType))
-    return name, _bumping_versions(call, mutated_lists) if mutated_lists else call
-
-
-def _bumping_versions(call: Any, mutated_lists: tuple[tuple[int, str], ...]) -> Any:
-    """`call` for an in-place foreach op (`_foreach_add_`, ...). Under a dispatch mode torch
-    does not bump the versions of the tensors it writes (it does without one), so a saved
-    tensor that a foreach optimizer step modified would pass backward's version check and give
-    wrong gradients. Bump what the op left stale, as it would have been without the profiler.
-    (Fused optimizer ops bump nothing even without a mode: left as they are.)"""
-
-    def call_and_bump_versions(*args: Any, **kwargs: Any) -> Any:
-        lists = [args[index] if index < len(args) else kwargs.get(name, ())
-                 for index, name in mutated_lists]
-        before = [[t._version for t in tensors] for tensors in lists]
-        out = call(*args, **kwargs)
-        for tensors, versions in zip(lists, before, strict=True):
-            for tensor, version in zip(tensors, versions, strict=True):
-                if tensor._version == version:
-                    torch.autograd.graph.increment_version(tensor)
-        return out
-
-    return call_and_bump_versions
-
-
 class _OpenRow:
     """A row being measured while other ops run inside it (a Function or a backward node)."""
 
@@ -97,49 +60,6 @@ class _OpenRow:
         self.output_bytes = 0
         self.peak = peak  # live bytes at the start; ops inside raise it
         self.start = _perf_counter()
-
-
-class _DispatchRecorder(TorchDispatchMode):
-    """Hands every aten op to the recorder, with Dynamo's frame hook off, so that a compiled
-    function running under the profiler never traces the recorder."""
-
-    def __init__(self, recorder: Recorder) -> None:
-        super().__init__()
-        self.recorder = recorder
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        return self.recorder.on_op(func, args, kwargs or {})
-
-
-def _dispatch_without_dynamo(self: _DispatchRecorder, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN201
-    # What `torch._disable_dynamo` does around a mode's `__torch_dispatch__` (Dynamo's frame
-    # hook off while the recorder runs), without its two wrapper frames and stance lookups:
-    # about 1.7 us less on every op of the block.
-    prior = _set_eval_frame(None)
-    try:
-        return self.recorder.on_op(func, args, kwargs or {})
-    finally:
-        _set_eval_frame(prior)
-
-
-def _install_dispatch_without_dynamo() -> None:
-    """Swap in `_dispatch_without_dynamo` (once, at the first profile: it imports Dynamo, as
-    torch's wrapper does at its first call). Dynamo must skip the function when it traces a
-    compiled function under the profiler; if any piece is missing, torch's wrapper stays."""
-    global _set_eval_frame
-    if _DispatchRecorder.__torch_dispatch__ is _dispatch_without_dynamo:
-        return
-    try:
-        from torch._C._dynamo.eval_frame import set_eval_frame
-        from torch._dynamo.decorators import skip
-    except ImportError:
-        return
-    _set_eval_frame = set_eval_frame
-    # set on the class after it exists: `TorchDispatchMode.__init_subclass__` would wrap it
-    _DispatchRecorder.__torch_dispatch__ = skip(_dispatch_without_dynamo)  # type: ignore[method-assign]
-
-
-_set_eval_frame: Any = None
 
 
 class Recorder:
@@ -158,10 +78,9 @@ class Recorder:
         self.t0 = 0.0
         self._open: _OpenRow | None = None
         self._pending: tuple[int, str, weakref.ref] | None = None
-        self._ops: dict[int, tuple[str, Any]] = {}  # id(func) -> _op_info(func)
+        self._ops: dict[int, tuple[str, Any]] = {}  # id(func) -> op_info(func)
         self._handles: list[Any] = []
-        _install_dispatch_without_dynamo()
-        self._mode = _DispatchRecorder(self)
+        self._mode = OpDispatcher(self.on_op)
         self._saved_hooks = self.ledger.hooks()
         self._original_apply: Any = None
         self._graph_task = -1
@@ -275,7 +194,7 @@ class Recorder:
             self.discover_pending()
         op = self._ops.get(id(func))  # OpOverloads live forever; hashing them is slow
         if op is None:
-            op = self._ops[id(func)] = _op_info(func)
+            op = self._ops[id(func)] = op_info(func)
         name, call = op
         storages = self.storages
         open_row = self._open
