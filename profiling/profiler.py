@@ -34,6 +34,9 @@ Changed by profiling (as by any profiler built on a dispatch mode, MemTracker to
 `TorchDispatchMode` is active, PyTorch treats every tensor as subclass-like and skips some
 in-place fast paths. For example, backward sums the gradients of a tensor used twice out of
 place (`aten::add` instead of `add_`), so such a step can peak a little higher when profiled.
+And the profiler's saved-tensor hooks take the place of any set around the block: inside
+`torch.autograd.graph.allow_mutation_on_saved_tensors()`, a saved tensor modified in place
+fails backward when profiled.
 """
 
 from __future__ import annotations

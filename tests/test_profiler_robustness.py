@@ -100,15 +100,18 @@ def test_empty_block_gives_empty_tables_with_their_columns():
 
 def test_compiled_function_runs_under_the_profiler_without_tracing_it():
     from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
 
     counter = CompileCounter()
     compiled = torch.compile(lambda x: torch.sin(x * 2).sum(), backend=counter)
     x = torch.randn(16, requires_grad=True)
     compiled(x).backward()
     expected, x.grad = x.grad, None
+    frames_before = counters["frames"]["total"]
     with profile("cpu") as prof:
         compiled(x).backward()
-    # the recorder's frames were never compiled, and the ops inside were all recorded
+    # Dynamo looked at no frame of the profiler's, and the ops inside were all recorded
+    assert counters["frames"]["total"] == frames_before
     assert counter.frame_count == 1
     assert {"aten::sin", "aten::mul.Tensor", "SinBackward0"} <= set(prof.ops.op)
     assert torch.equal(x.grad, expected)
@@ -168,3 +171,19 @@ def test_parameter_stepped_by_the_optimizer_fails_the_next_backward_like_torch(f
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
             loss.backward()
     assert "aten::_foreach_add_.List" in set(prof.ops.op) or not foreach
+
+
+def test_hooks_set_around_the_block_give_way_to_the_profilers():
+    # the caveat in profiling.profiler's docstring
+    x = torch.randn(4, requires_grad=True)
+    with torch.autograd.graph.allow_mutation_on_saved_tensors():
+        h = x * 2
+        y = torch.sin(h)
+        h.add_(1)
+        y.sum().backward()  # allowed: the context saved a copy of h
+        with profile("cpu"):
+            h = x * 2
+            y = torch.sin(h)
+            h.add_(1)
+            with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+                y.sum().backward()
