@@ -48,8 +48,16 @@ COLUMNS = ("device", "device_name", "torch", "date", "command", "config", "tool"
 
 
 class _CallEachOp(TorchDispatchMode):
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        return func(*args, **(kwargs or {}))
+    """Calls each op, nothing else: the floor row."""
+
+
+def _call_op(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN202
+    return func(*args, **(kwargs or {}))
+
+
+# Set after the class exists, so that torch does not wrap it in `_disable_dynamo` (the profiler
+# does without that wrapper too): the floor is the mode alone.
+_CallEachOp.__torch_dispatch__ = _call_op  # type: ignore[method-assign]
 
 
 def make_step(args: argparse.Namespace, device: torch.device):
