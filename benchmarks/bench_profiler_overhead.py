@@ -8,9 +8,10 @@ own memory tools, all measured in the same run:
 - `MemTracker`: `torch.distributed._tools.mem_tracker.MemTracker` (with `track_external`);
 - `TorchDispatchMode (empty)`: a dispatch mode that only calls each op. Not a tool: the floor
   any profiler built on a Python dispatch mode pays (ours and MemTracker) before it records
-  anything. Besides the Python call per op, while a mode is active PyTorch treats every tensor
-  as subclass-like and skips in-place fast paths (e.g. backward accumulates gradients out of
-  place), so this floor grows with the tensors' sizes.
+  anything. Besides a Python call per op, while a mode is active PyTorch treats every tensor
+  as subclass-like and skips in-place fast paths (e.g. backward sums gradients out of place):
+  the floor grows with the tensors' sizes, not only with the number of ops (try a small
+  `--d-model`).
 
 Repetitions are interleaved (each round runs every tool once, in a shuffled order) so that
 drift in the machine's speed hits all of them alike, and so that no tool always runs right
