@@ -52,7 +52,6 @@ def _bumping_versions(call: Any, mutated_lists: tuple[tuple[int, str], ...]) -> 
     return call_and_bump_versions
 
 
-
 class OpDispatcher(TorchDispatchMode):
     """Hands every aten op to `handle(func, args, kwargs)`, with Dynamo's frame hook off, so
     that a compiled function running under the profiler never traces the profiler."""

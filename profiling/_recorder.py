@@ -312,12 +312,9 @@ class Recorder:
 
     def _finish(self, row: _OpenRow) -> None:
         end = _perf_counter()
-        if self.cuda:
-            live = torch.cuda.memory_allocated(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            live = self.storages.live.get(self.device, 0)
-            peak = row.peak if row.peak > live else live
+        live = self._live()
+        peak = (torch.cuda.max_memory_allocated(self.device) if self.cuda
+                else max(row.peak, live))
         self.rows.append((row.seq, row.op, row.phase, row.module, row.shapes, row.dtype,
                           row.device, row.output_bytes, live, peak, (end - row.start) * 1e3,
                           (end - self.t0) * 1e3))
@@ -333,26 +330,20 @@ class Recorder:
             self._handles.append(node.register_prehook(partial(self.on_node, node_id)))
 
     def on_node(self, node_id: int, grad_outputs: tuple) -> None:
-        # Runs for every backward node: like on_op, it binds locals and calls little.
         if self._pending is not None:
             self.discover_pending()
-        open_row = self._open
-        if open_row is not None and open_row.kind == "node":
-            self._open = None
-            self._finish(open_row)
+        if self._open is not None and self._open.kind == "node":
+            self._close_open_row()
         task = _graph_task_id()
         if task != self._graph_task:  # a backward pass starts: its last row closes at its end
             self._graph_task = task
             _queue_engine_callback(self._end_backward)
         record = self.registry.nodes[node_id]
-        self.seq = seq = self.seq + 1
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats(self.device)
-            live = torch.cuda.memory_allocated(self.device)
-        else:
-            live = self.storages.live.get(self.device, 0)
-        row = self._open = _OpenRow(seq, record.name, "backward", record.module, "node",
-                                    [g.shape for g in grad_outputs if g is not None], live)
+        self.seq += 1
+        self._reset_peak()
+        row = self._open = _OpenRow(self.seq, record.name, "backward", record.module, "node",
+                                    [g.shape for g in grad_outputs if g is not None],
+                                    self._live())
         for grad in grad_outputs:
             if grad is not None:
                 row.dtype, row.device = grad.dtype, grad.device
