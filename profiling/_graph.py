@@ -17,7 +17,7 @@ import torch
 from torch.autograd.function import BackwardCFunction
 
 from ._saved import SavedLedger
-from .export import format_bytes
+from .tables import format_bytes
 
 _SAVED_ATTRS: dict[type, tuple[str, ...]] = {}
 

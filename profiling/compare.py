@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from profiling.export import format_bytes, module_totals, op_totals
 from profiling.html import Section, display_header, markdown_table
+from profiling.tables import format_bytes, module_totals, op_totals
 
 METRICS = ("calls", "saved_bytes", "saved_new_bytes", "peak_bytes", "time_ms")
 RATIO_METRICS = ("saved_bytes", "saved_new_bytes", "peak_bytes", "time_ms")

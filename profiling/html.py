@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from profiling.export import (
+from profiling.tables import (
     format_bytes,
     freed_by_node,
     json_value,

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from profiling.export import format_bytes, module_totals, op_totals
+from profiling.tables import format_bytes, module_totals, op_totals
 
 MIB = 1024 * 1024
 PHASE_COLORS = {"forward": "#4C72B0", "backward": "#DD8452"}

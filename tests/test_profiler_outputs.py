@@ -23,20 +23,19 @@ from matplotlib.image import imread
 
 from profiling import html, plots
 from profiling.compare import compare_profiles, save_comparison
-from profiling.export import (
+from profiling.export import load_profile, save_profile
+from profiling.tables import (
     LIFETIMES_COLUMNS,
     OPS_COLUMNS,
     TIMELINE_COLUMNS,
-    chrome_trace,
     format_bytes,
     freed_by_node,
     lifetime_summary,
-    load_profile,
     module_totals,
     op_totals,
-    save_profile,
     top_ops,
 )
+from profiling.trace import chrome_trace
 
 REPORT_FILES = [
     "ops.csv", "lifetimes.csv", "timeline.csv", "leaks.csv", "profile.json", "summary.md",
