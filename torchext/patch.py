@@ -1,8 +1,8 @@
 """`with torchext.patch():` — unchanged torch code runs the lesson's ops on torchext kernels.
 
 A `TorchFunctionMode` sees every `torch.*` call and `Tensor` method before dispatch. Calls that
-torchext implements, with arguments it supports (floating dtypes, cpu/cuda tensors, no `out=`),
-go to torchext; everything else — other ops, other arguments (`norm(p=1)`, `sum(dtype=...)` on
+torchext implements, with arguments it supports (floating dtypes, cpu/cuda tensors, no `out=`
+tensor; torch's Python wrappers such as `torch.norm` pass `out=None` themselves), go to torchext; everything else — other ops, other arguments (`norm(p=1)`, `sum(dtype=...)` on
 ints, ...) — goes to torch untouched, so patching never changes what a program computes beyond
 rounding.
 """
@@ -123,7 +123,9 @@ class TorchextMode(TorchFunctionMode):
         kwargs = kwargs or {}
         route = self.routes.get(func)
         if route is not None:
-            out = route(*args, **kwargs)
+            # `out=None` is no out tensor: `torch.norm(x)` passes it on its own.
+            routed_kwargs = {k: v for k, v in kwargs.items() if not (k == "out" and v is None)}
+            out = route(*args, **routed_kwargs)
             if out is not NotImplemented:
                 name = getattr(func, "__name__", str(func))
                 self.routed[name] = self.routed.get(name, 0) + 1
