@@ -151,8 +151,7 @@ CLAIMED_CALLS = {
 
 
 _TORCH_MATH = {
-    f"aten::{name}"
-    for name in ("sin", "cos", "mul", "sub", "rsub", "sum", "norm", "linalg_vector_norm", "dot", "mv")
+    f"aten::{name}" for name in "sin cos mul sub rsub sum norm linalg_vector_norm dot mv".split()
 }
 
 

@@ -2,9 +2,9 @@
 
 A `TorchFunctionMode` sees every `torch.*` call and `Tensor` method before dispatch. Calls that
 torchext implements, with arguments it supports (floating dtypes, cpu/cuda tensors, no `out=`
-tensor; torch's Python wrappers such as `torch.norm` pass `out=None` themselves), go to torchext; everything else — other ops, other arguments (`norm(p=1)`, `sum(dtype=...)` on
-ints, ...) — goes to torch untouched, so patching never changes what a program computes beyond
-rounding.
+tensor; `torch.norm` passes `out=None` itself), go to torchext; everything else — other ops,
+other arguments (`norm(p=1)`, `sum(dtype=...)` on ints, ...) — goes to torch untouched, so
+patching never changes what a program computes beyond rounding.
 """
 
 from __future__ import annotations
