@@ -43,38 +43,6 @@ def _mul_scalar_fake(x: torch.Tensor, scalar, out_dtype: torch.dtype) -> torch.T
     return x.new_empty(x.shape, dtype=out_dtype)
 
 
-# Under torch.compile the public op calls the custom ops, with these autograd formulas.
-
-
-def _mul_op_setup_context(ctx, inputs, output):
-    a, b, _ = inputs
-    ctx.save_for_backward(a, b)
-
-
-def _mul_op_backward(ctx, grad):
-    a, b = ctx.saved_tensors
-    grad_a = grad_b = None
-    if ctx.needs_input_grad[0]:
-        grad_a = sum_to_shape(_mul_op(grad, b, result_type(grad, b)), a.shape)
-    if ctx.needs_input_grad[1]:
-        grad_b = sum_to_shape(_mul_op(grad, a, result_type(grad, a)), b.shape)
-    return grad_a, grad_b, None
-
-
-def _mul_scalar_op_setup_context(ctx, inputs, output):
-    ctx.scalar = inputs[1]
-
-
-def _mul_scalar_op_backward(ctx, grad):
-    return _mul_scalar_op(grad, ctx.scalar, grad.dtype), None, None
-
-
-_mul_op.register_autograd(_mul_op_backward, setup_context=_mul_op_setup_context)
-_mul_scalar_op.register_autograd(
-    _mul_scalar_op_backward, setup_context=_mul_scalar_op_setup_context
-)
-
-
 def mul_tensors(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """`a * b` for two tensors already checked; what backward formulas and other ops call."""
     out_dtype = result_type(a, b)
@@ -90,13 +58,6 @@ def mul_scalar(x: torch.Tensor, scalar: Number, out_dtype: torch.dtype | None = 
     if torch.compiler.is_compiling():
         return _mul_scalar_op(x, scalar, out_dtype)
     return MulScalarFunction.apply(x, scalar, out_dtype)
-
-
-def _add(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    """`a + b` on our kernels (`sub` with alpha = -1), for the product rule in `jvp`."""
-    from torchext.sub import sub_tensors  # sub imports this module
-
-    return sub_tensors(a, b, -1, out_dtype)
 
 
 class MulFunction(torch.autograd.Function):
@@ -131,7 +92,11 @@ class MulFunction(torch.autograd.Function):
             terms.append(MulFunction.apply(a_tangent, b, ctx.out_dtype))
         if b_tangent is not None:
             terms.append(MulFunction.apply(a, b_tangent, ctx.out_dtype))
-        return terms[0] if len(terms) == 1 else _add(*terms, ctx.out_dtype)
+        if len(terms) == 1:
+            return terms[0]
+        from torchext.sub import add_tensors  # sub imports this module
+
+        return add_tensors(*terms)
 
     @staticmethod
     def vmap(info, in_dims, a, b, out_dtype):
@@ -152,7 +117,7 @@ class MulScalarFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return MulScalarFunction.apply(grad, ctx.scalar, grad.dtype), None, None
+        return mul_scalar(grad, ctx.scalar, grad.dtype), None, None
 
     @staticmethod
     def jvp(ctx, x_tangent, _scalar, _out_dtype):
@@ -161,6 +126,14 @@ class MulScalarFunction(torch.autograd.Function):
     @staticmethod
     def vmap(info, in_dims, x, scalar, out_dtype):
         return MulScalarFunction.apply(x, scalar, out_dtype), in_dims[0]
+
+
+# The custom ops' autograd (what torch.compile's graphs and direct `torch.ops.torchext` calls use)
+# is the Functions' own: one formula for both paths.
+_mul_op.register_autograd(MulFunction.backward, setup_context=MulFunction.setup_context)
+_mul_scalar_op.register_autograd(
+    MulScalarFunction.backward, setup_context=MulScalarFunction.setup_context
+)
 
 
 def mul(input: torch.Tensor | Number, other: torch.Tensor | Number) -> torch.Tensor:

@@ -12,6 +12,8 @@ import torch
 
 from torchext._validation import check_tensor, float_input
 from torchext._vmap import batch_first
+from torchext.mul import mul_scalar, mul_tensors
+from torchext.sub import add_tensors, sub_tensors
 from triton_kernels import sin as kernels
 
 # Each launcher is registered as an opaque custom op so that torch.compile (and any
@@ -51,44 +53,22 @@ def _binary_fake(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-# torch.compile cannot trace an autograd.Function that defines `jvp`, so under compilation the
-# public ops call the custom ops directly, with this autograd formula registered on them.
+def _sin_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """grad·cos(x), differentiable again (a custom op while torch.compile traces: see `sin`)."""
+    if torch.compiler.is_compiling():
+        return _sin_backward_op(grad, x)
+    return SinBackwardFunction.apply(grad, x)
 
 
-def _save_inputs(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+def _cos_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """-grad·sin(x), differentiable again."""
+    if torch.compiler.is_compiling():
+        return _cos_backward_op(grad, x)
+    return CosBackwardFunction.apply(grad, x)
 
 
-def _sin_op_backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return _sin_backward_op(grad, x)
-
-
-def _cos_op_backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return _cos_backward_op(grad, x)
-
-
-def _sin_backward_op_backward(ctx, grad_out):
-    grad, x = ctx.saved_tensors
-    return _sin_backward_op(grad_out, x), _cos_backward_op(grad_out * grad, x)
-
-
-def _cos_backward_op_backward(ctx, grad_out):
-    grad, x = ctx.saved_tensors
-    return _cos_backward_op(grad_out, x), -_sin_backward_op(grad_out * grad, x)
-
-
-_sin_op.register_autograd(_sin_op_backward, setup_context=_save_inputs)
-_cos_op.register_autograd(_cos_op_backward, setup_context=_save_inputs)
-_sin_backward_op.register_autograd(_sin_backward_op_backward, setup_context=_save_inputs)
-_cos_backward_op.register_autograd(_cos_backward_op_backward, setup_context=_save_inputs)
-
-
-def _mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    from torchext.mul import mul  # mul's backward does not need sin: no cycle at runtime
-
-    return mul(a, b)
+def _negated(t: torch.Tensor) -> torch.Tensor:
+    return mul_scalar(t, -1)
 
 
 class SinFunction(torch.autograd.Function):
@@ -107,7 +87,7 @@ class SinFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        return SinBackwardFunction.apply(grad, x)
+        return _sin_backward(grad, x)
 
     @staticmethod
     def jvp(ctx, x_tangent: torch.Tensor) -> torch.Tensor:
@@ -135,7 +115,7 @@ class CosFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        return CosBackwardFunction.apply(grad, x)
+        return _cos_backward(grad, x)
 
     @staticmethod
     def jvp(ctx, x_tangent: torch.Tensor) -> torch.Tensor:
@@ -166,22 +146,19 @@ class SinBackwardFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         grad, x = ctx.saved_tensors
-        grad_grad = SinBackwardFunction.apply(grad_out, x) if ctx.needs_input_grad[0] else None
-        grad_x = (
-            CosBackwardFunction.apply(_mul(grad_out, grad), x) if ctx.needs_input_grad[1] else None
-        )
+        grad_grad = _sin_backward(grad_out, x) if ctx.needs_input_grad[0] else None
+        grad_x = _cos_backward(mul_tensors(grad_out, grad), x) if ctx.needs_input_grad[1] else None
         return grad_grad, grad_x
 
     @staticmethod
     def jvp(ctx, grad_tangent, x_tangent):
         grad, x = ctx.saved_tensors
-        out = None
+        terms = []
         if grad_tangent is not None:
-            out = SinBackwardFunction.apply(grad_tangent, x)
+            terms.append(SinBackwardFunction.apply(grad_tangent, x))
         if x_tangent is not None:
-            term = CosBackwardFunction.apply(_mul(x_tangent, grad), x)
-            out = term if out is None else out + term
-        return out
+            terms.append(CosBackwardFunction.apply(mul_tensors(x_tangent, grad), x))
+        return terms[0] if len(terms) == 1 else add_tensors(*terms)
 
     @staticmethod
     def vmap(info, in_dims, grad, x):
@@ -205,27 +182,40 @@ class CosBackwardFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         grad, x = ctx.saved_tensors
-        grad_grad = CosBackwardFunction.apply(grad_out, x) if ctx.needs_input_grad[0] else None
-        grad_x = (
-            -SinBackwardFunction.apply(_mul(grad_out, grad), x) if ctx.needs_input_grad[1] else None
-        )
+        grad_grad = _cos_backward(grad_out, x) if ctx.needs_input_grad[0] else None
+        grad_x = None
+        if ctx.needs_input_grad[1]:
+            grad_x = _sin_backward(_negated(mul_tensors(grad_out, grad)), x)
         return grad_grad, grad_x
 
     @staticmethod
     def jvp(ctx, grad_tangent, x_tangent):
         grad, x = ctx.saved_tensors
-        out = None
-        if grad_tangent is not None:
-            out = CosBackwardFunction.apply(grad_tangent, x)
+        x_term = None
         if x_tangent is not None:
-            term = -SinBackwardFunction.apply(_mul(x_tangent, grad), x)
-            out = term if out is None else out + term
-        return out
+            x_term = SinBackwardFunction.apply(mul_tensors(x_tangent, grad), x)
+        if grad_tangent is None:
+            return _negated(x_term)
+        grad_term = CosBackwardFunction.apply(grad_tangent, x)
+        return grad_term if x_term is None else sub_tensors(grad_term, x_term)
 
     @staticmethod
     def vmap(info, in_dims, grad, x):
         grad, x = batch_first(info.batch_size, in_dims, grad, x)
         return CosBackwardFunction.apply(grad, x), 0
+
+
+# The custom ops' autograd (what torch.compile's graphs and direct `torch.ops.torchext` calls use)
+# is the Functions' own: one formula for both paths. (torch.compile cannot trace an
+# autograd.Function that defines `jvp`, so while it traces, the public ops call the custom ops.)
+_sin_op.register_autograd(SinFunction.backward, setup_context=SinFunction.setup_context)
+_cos_op.register_autograd(CosFunction.backward, setup_context=CosFunction.setup_context)
+_sin_backward_op.register_autograd(
+    SinBackwardFunction.backward, setup_context=SinBackwardFunction.setup_context
+)
+_cos_backward_op.register_autograd(
+    CosBackwardFunction.backward, setup_context=CosBackwardFunction.setup_context
+)
 
 
 def sin(input: torch.Tensor) -> torch.Tensor:

@@ -44,41 +44,6 @@ def _sub_scalar_fake(x: torch.Tensor, scalar, alpha, scalar_first, out_dtype: to
     return x.new_empty(x.shape, dtype=out_dtype)
 
 
-def _reduced_grads(ctx, grad: torch.Tensor, a_shape, b_shape):
-    """(grad, -alpha·grad), each summed to its input's shape (the scale applied after the sum)."""
-    grad_a = sum_to_shape(grad, a_shape) if ctx.needs_input_grad[0] else None
-    grad_b = None
-    if ctx.needs_input_grad[1]:
-        grad_b = mul_scalar(sum_to_shape(grad, b_shape), -ctx.alpha)
-    return grad_a, grad_b
-
-
-# Under torch.compile the public op calls the custom ops, with these autograd formulas.
-
-
-def _sub_op_setup_context(ctx, inputs, output):
-    a, b, ctx.alpha, _ = inputs
-    ctx.shapes = (a.shape, b.shape)
-
-
-def _sub_op_backward(ctx, grad):
-    return *_reduced_grads(ctx, grad, *ctx.shapes), None, None
-
-
-def _sub_scalar_op_setup_context(ctx, inputs, output):
-    _, _, ctx.alpha, ctx.scalar_first, _ = inputs
-
-
-def _sub_scalar_op_backward(ctx, grad):
-    return (mul_scalar(grad, -ctx.alpha) if ctx.scalar_first else grad), None, None, None, None
-
-
-_sub_op.register_autograd(_sub_op_backward, setup_context=_sub_op_setup_context)
-_sub_scalar_op.register_autograd(
-    _sub_scalar_op_backward, setup_context=_sub_scalar_op_setup_context
-)
-
-
 def sub_tensors(
     a: torch.Tensor, b: torch.Tensor, alpha: Number = 1, out_dtype: torch.dtype | None = None
 ) -> torch.Tensor:
@@ -87,6 +52,15 @@ def sub_tensors(
     if torch.compiler.is_compiling():
         return _sub_op(a, b, alpha, out_dtype)
     return SubFunction.apply(a, b, alpha, out_dtype)
+
+
+def add_tensors(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`a + b` on the sub kernel, for the sums of tangent terms in the ops' `jvp` formulas.
+
+    `a - (-1)·b` is exactly `a + b`: negation is exact and `a - (-b)` is IEEE addition (signed
+    zeros included), and int64 arithmetic is exact.
+    """
+    return sub_tensors(a, b, -1)
 
 
 class SubFunction(torch.autograd.Function):
@@ -103,7 +77,13 @@ class SubFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return *_reduced_grads(ctx, grad, *ctx.shapes), None, None
+        """(grad, -alpha·grad), each summed to its input's shape (the scale after the sum)."""
+        a_shape, b_shape = ctx.shapes
+        grad_a = sum_to_shape(grad, a_shape) if ctx.needs_input_grad[0] else None
+        grad_b = None
+        if ctx.needs_input_grad[1]:
+            grad_b = mul_scalar(sum_to_shape(grad, b_shape), -ctx.alpha)
+        return grad_a, grad_b, None, None
 
     @staticmethod
     def jvp(ctx, a_tangent, b_tangent, _alpha, _out_dtype):
@@ -136,7 +116,7 @@ class SubScalarFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        grad_x = MulScalarFunction.apply(grad, -ctx.alpha, grad.dtype) if ctx.scalar_first else grad
+        grad_x = mul_scalar(grad, -ctx.alpha, grad.dtype) if ctx.scalar_first else grad
         return grad_x, None, None, None, None
 
     @staticmethod
@@ -147,6 +127,14 @@ class SubScalarFunction(torch.autograd.Function):
     @staticmethod
     def vmap(info, in_dims, x, scalar, alpha, scalar_first, out_dtype):
         return SubScalarFunction.apply(x, scalar, alpha, scalar_first, out_dtype), in_dims[0]
+
+
+# The custom ops' autograd (what torch.compile's graphs and direct `torch.ops.torchext` calls use)
+# is the Functions' own: one formula for both paths.
+_sub_op.register_autograd(SubFunction.backward, setup_context=SubFunction.setup_context)
+_sub_scalar_op.register_autograd(
+    SubScalarFunction.backward, setup_context=SubScalarFunction.setup_context
+)
 
 
 def _check_no_bool(input, other) -> None:
