@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from triton_kernels import layout
 from triton_kernels.runtime import (
     ELEMENTWISE_BLOCK,
     ELEMENTWISE_WARPS,
@@ -60,10 +61,31 @@ def scalar_args(value: Number, out_dtype: torch.dtype) -> tuple[float, int]:
     return float(value), 0
 
 
+def binary_output(a: torch.Tensor, b: torch.Tensor | Number, out_dtype: torch.dtype):
+    """An empty `a op b` result (`b` a tensor or a number) with torch's shape and strides."""
+    return layout.empty_output(layout.binary, a, b, dtype=out_dtype, device=a.device)
+
+
+def tensor_operands(
+    a: torch.Tensor, b: torch.Tensor, out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, bool, bool]:
+    """Operands of a broadcasting binary op over `out`, and whether each is a single value.
+
+    A one-element operand stays one element: the kernel reads it once per program through its
+    pointer (no `.item()`, so no host sync). Others are brought to `out`'s layout: a view when
+    they have it, else one copy (a broadcast, or a layout other than the result's).
+    """
+    a_scalar, b_scalar = a.numel() == 1, b.numel() == 1
+    a = a.reshape(1) if a_scalar else layout.in_layout(a, out)
+    b = b.reshape(1) if b_scalar else layout.in_layout(b, out)
+    return a, b, a_scalar, b_scalar
+
+
 def launch_elementwise(kernel, out: torch.Tensor, *args, **constexprs) -> torch.Tensor:
     """`kernel[grid](*args, out, out.numel(), **constexprs)` over `out`, math in `out`'s dtype.
 
-    Computes in fp32 for fp16/bf16/fp32 results, fp64 for fp64, int64 for integers and bool.
+    The kernel indexes `out`'s dense memory (and its operands', in the same layout) in storage
+    order. Computes in fp32 for fp16/bf16/fp32 results, fp64 for fp64, int64 for integers and bool.
     An empty `out` launches nothing.
     """
     if out.numel() == 0:

@@ -3,8 +3,8 @@
 A one-element operand (0-dim tensor, or any tensor of one element) is read once per program
 through its pointer instead of being expanded in memory, and a Python number is a kernel
 argument: `x * 2` moves 2 tensors' worth of memory, not 3, and never syncs with the host.
-Any other broadcast is materialised by `expand(...).contiguous()` (one extra copy of that
-operand; see `triton_kernels.runtime.binary_operands`), as are non-contiguous inputs.
+The result has torch's strides (`triton_kernels.layout`); an operand of another layout, or any
+other broadcast, is copied to the result's layout first (see `binary.tensor_operands`).
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ import triton.language as tl
 
 from triton_kernels.binary import (
     Number,
+    binary_output,
     launch_elementwise,
     load_operand,
     pinned_scalar,
     scalar_args,
+    tensor_operands,
 )
-from triton_kernels.runtime import binary_operands
+from triton_kernels.layout import in_layout
 
 
 @triton.jit
@@ -62,15 +64,14 @@ def mul_scalar_kernel(
 
 def mul_forward(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     """`a * b` broadcast, stored as `out_dtype` (math in fp32, fp64 for fp64, int64 for ints)."""
-    a_flat, b_flat, a_scalar, b_scalar, shape = binary_operands(a, b)
-    out = torch.empty(shape, dtype=out_dtype, device=a.device)
-    return launch_elementwise(
-        mul_kernel, out, a_flat, b_flat, A_IS_SCALAR=a_scalar, B_IS_SCALAR=b_scalar
-    )
+    out = binary_output(a, b, out_dtype)
+    a, b, a_scalar, b_scalar = tensor_operands(a, b, out)
+    return launch_elementwise(mul_kernel, out, a, b, A_IS_SCALAR=a_scalar, B_IS_SCALAR=b_scalar)
 
 
 def mul_scalar_forward(x: torch.Tensor, scalar: Number, out_dtype: torch.dtype) -> torch.Tensor:
     """`x * scalar` for a Python number, stored as `out_dtype`."""
-    x = x.contiguous()
-    out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-    return launch_elementwise(mul_scalar_kernel, out, x, *scalar_args(scalar, out_dtype))
+    out = binary_output(x, scalar, out_dtype)
+    return launch_elementwise(
+        mul_scalar_kernel, out, in_layout(x, out), *scalar_args(scalar, out_dtype)
+    )

@@ -146,19 +146,3 @@ def math_dtype(dtype: torch.dtype) -> tl.dtype:
     if dtype.is_floating_point:
         return compute_dtype(dtype)
     return tl.int64
-
-
-def binary_operands(
-    a: torch.Tensor, b: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, bool, bool, torch.Size]:
-    """Flat operands of a broadcasting binary op, and whether each is a single broadcast value.
-
-    A one-element operand stays one element: the kernel reads it once per program through its
-    pointer (no `.item()`, so no host sync). Other broadcasts are materialised by
-    `expand(...).contiguous()`, which costs one extra copy of that operand.
-    """
-    shape = torch.broadcast_shapes(a.shape, b.shape)
-    a_scalar, b_scalar = a.numel() == 1, b.numel() == 1
-    a = a.reshape(1) if a_scalar else a.expand(shape).contiguous().view(-1)
-    b = b.reshape(1) if b_scalar else b.expand(shape).contiguous().view(-1)
-    return a, b, a_scalar, b_scalar, shape

@@ -2,6 +2,7 @@
 
 Each launcher reads its inputs once and writes one output: the backward kernels fuse the
 derivative and the product with the incoming gradient, so backward moves 3 tensors, not 5.
+Results have torch's strides (`triton_kernels.layout`); kernels index memory in storage order.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from triton_kernels import layout
 from triton_kernels.runtime import (
     ELEMENTWISE_BLOCK,
     ELEMENTWISE_WARPS,
@@ -61,27 +63,35 @@ def neg_grad_times_sin_kernel(
     tl.store(out_ptr + offsets, (-grad * tl.sin(x)).to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def unary_output(x: torch.Tensor) -> torch.Tensor:
+    """An empty result of `sin(x)`/`cos(x)` with torch's strides (the fake kernels' result too)."""
+    return layout.empty_output(layout.unary, x, dtype=x.dtype, device=x.device)
+
+
+def backward_output(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """An empty gradient of sin/cos with the strides of torch's (`grad * x.cos()`)."""
+    return layout.empty_output(layout.grad_times_unary, grad, x, dtype=x.dtype, device=x.device)
+
+
 def _unary(kernel, x: torch.Tensor) -> torch.Tensor:
-    x = x.contiguous()
-    out = torch.empty_like(x)
+    out = unary_output(x)
     if x.numel() == 0:
         return out
     kernel_for(kernel, x.device)[elementwise_grid(x.numel())](
-        x, out, x.numel(),
+        layout.in_layout(x, out), out, x.numel(),
         COMPUTE_DTYPE=compute_dtype(x.dtype), BLOCK=ELEMENTWISE_BLOCK, num_warps=ELEMENTWISE_WARPS,
-    )
+    )  # fmt: skip
     return out
 
 
 def _binary(kernel, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    grad, x = grad.contiguous(), x.contiguous()
-    out = torch.empty_like(x)
+    out = backward_output(grad, x)
     if x.numel() == 0:
         return out
     kernel_for(kernel, x.device)[elementwise_grid(x.numel())](
-        grad, x, out, x.numel(),
+        layout.in_layout(grad, out), layout.in_layout(x, out), out, x.numel(),
         COMPUTE_DTYPE=compute_dtype(x.dtype), BLOCK=ELEMENTWISE_BLOCK, num_warps=ELEMENTWISE_WARPS,
-    )
+    )  # fmt: skip
     return out
 
 

@@ -2,7 +2,7 @@
 
 Operands are handled as in `triton_kernels.mul`: one-element tensors are read through their
 pointer, Python numbers (the operand on either side, and `alpha`) are pinned-dtype kernel
-arguments, other broadcasts are materialised by `expand(...).contiguous()`.
+arguments, results have torch's strides and other operands are brought to them.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ import triton.language as tl
 
 from triton_kernels.binary import (
     Number,
+    binary_output,
     launch_elementwise,
     load_operand,
     pinned_scalar,
     scalar_args,
+    tensor_operands,
 )
-from triton_kernels.runtime import binary_operands
+from triton_kernels.layout import in_layout
 
 
 @triton.jit(do_not_specialize=["alpha_int64"])
@@ -74,10 +76,10 @@ def sub_forward(
     a: torch.Tensor, b: torch.Tensor, alpha: Number, out_dtype: torch.dtype
 ) -> torch.Tensor:
     """`a - alpha * b` broadcast, computed like `mul_forward`, stored as `out_dtype`."""
-    a_flat, b_flat, a_scalar, b_scalar, shape = binary_operands(a, b)
-    out = torch.empty(shape, dtype=out_dtype, device=a.device)
+    out = binary_output(a, b, out_dtype)
+    a, b, a_scalar, b_scalar = tensor_operands(a, b, out)
     return launch_elementwise(
-        sub_kernel, out, a_flat, b_flat, *scalar_args(alpha, out_dtype),
+        sub_kernel, out, a, b, *scalar_args(alpha, out_dtype),
         A_IS_SCALAR=a_scalar, B_IS_SCALAR=b_scalar,
     )  # fmt: skip
 
@@ -86,10 +88,9 @@ def sub_scalar_forward(
     x: torch.Tensor, scalar: Number, alpha: Number, scalar_first: bool, out_dtype: torch.dtype
 ) -> torch.Tensor:
     """`x - alpha * scalar` (or `scalar - alpha * x` if `scalar_first`) for a Python number."""
-    x = x.contiguous()
-    out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    out = binary_output(x, scalar, out_dtype)
     return launch_elementwise(
-        sub_scalar_kernel, out, x,
+        sub_scalar_kernel, out, in_layout(x, out),
         *scalar_args(scalar, out_dtype), *scalar_args(alpha, out_dtype),
         SCALAR_FIRST=scalar_first,
     )  # fmt: skip
