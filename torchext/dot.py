@@ -11,7 +11,8 @@ import torch
 
 from torchext._validation import check_device_supported, check_same_device, check_tensor
 from torchext._vmap import batch_first
-from torchext.mul import mul
+from torchext.mul import mul_tensors
+from torchext.sub import add_tensors
 from torchext.sum import dtype_name
 from triton_kernels import reduction as kernels
 
@@ -24,26 +25,6 @@ def _dot_op(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 @_dot_op.register_fake
 def _dot_fake(x, y):
     return x.new_empty(x.shape[:-1])
-
-
-def _dot_input_grads(needs, grad, x, y):
-    grad = grad.unsqueeze(-1)  # one element for a plain dot: read as a scalar by the kernel
-    return (mul(y, grad) if needs[0] else None), (mul(x, grad) if needs[1] else None)
-
-
-# torch.compile cannot trace an autograd.Function that defines `jvp` (see torchext/sin.py), so
-# under compilation `dot` calls the custom op, with this formula registered on it.
-
-
-def _dot_op_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _dot_op_backward(ctx, grad):
-    return _dot_input_grads((True, True), grad, *ctx.saved_tensors)
-
-
-_dot_op.register_autograd(_dot_op_backward, setup_context=_dot_op_setup_context)
 
 
 class DotFunction(torch.autograd.Function):
@@ -62,23 +43,31 @@ class DotFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return _dot_input_grads(ctx.needs_input_grad, grad, *ctx.saved_tensors)
+        x, y = ctx.saved_tensors
+        grad = grad.unsqueeze(-1)  # one element for a plain dot: read as a scalar by the kernel
+        grad_x = mul_tensors(y, grad) if ctx.needs_input_grad[0] else None
+        grad_y = mul_tensors(x, grad) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_y
 
     @staticmethod
     def jvp(ctx, x_tangent, y_tangent):
         x, y = ctx.saved_tensors
-        out = None
+        terms = []
         if x_tangent is not None:
-            out = DotFunction.apply(x_tangent, y)
+            terms.append(DotFunction.apply(x_tangent, y))
         if y_tangent is not None:
-            term = DotFunction.apply(x, y_tangent)
-            out = term if out is None else out + term
-        return out
+            terms.append(DotFunction.apply(x, y_tangent))
+        return terms[0] if len(terms) == 1 else add_tensors(*terms)
 
     @staticmethod
     def vmap(info, in_dims, x, y):
         x, y = batch_first(info.batch_size, in_dims, x, y)
         return DotFunction.apply(x, y), 0
+
+
+# The custom op's autograd (what torch.compile's graphs and direct `torch.ops.torchext` calls use)
+# is the Function's own: one formula for both paths.
+_dot_op.register_autograd(DotFunction.backward, setup_context=DotFunction.setup_context)
 
 
 def _check_dot(x: torch.Tensor, y: torch.Tensor) -> None:

@@ -28,7 +28,7 @@ from torchext._validation import (
 from torchext._vmap import batch_first
 from torchext.mul import mul, mul_tensors
 from torchext.mv import matvec, outer
-from torchext.sub import sub
+from torchext.sub import add_tensors, sub
 from torchext.sum import sum as torchext_sum
 from triton_kernels import least_squares as kernels
 
@@ -142,7 +142,7 @@ class LeastSquaresFunction(torch.autograd.Function):
         r_tangent = matvec(x_tangent, w) if x_tangent is not None else None
         if w_tangent is not None:
             term = matvec(x, w_tangent)
-            r_tangent = term if r_tangent is None else r_tangent + term
+            r_tangent = term if r_tangent is None else add_tensors(r_tangent, term)
         if y_tangent is not None:
             r_tangent = mul(y_tangent, -1) if r_tangent is None else sub(r_tangent, y_tangent)
         r = sub(matvec(x, w), y)

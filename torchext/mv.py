@@ -18,6 +18,7 @@ from torchext._validation import (
     check_tensor,
 )
 from torchext._vmap import batch_first
+from torchext.sub import add_tensors
 from triton_kernels import mv as kernels
 
 
@@ -41,36 +42,18 @@ def _outer_fake(g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return g.new_empty((*g.shape, w.shape[-1]))
 
 
-# Under torch.compile the public op calls the custom op directly (Dynamo cannot trace an
-# autograd.Function that defines `jvp`, see torchext/sin.py); these formulas are its autograd.
-
-
 def _save_for_other_input(ctx, inputs, output):
     a, b = inputs
     ctx.save_for_backward(a if ctx.needs_input_grad[1] else None,
                           b if ctx.needs_input_grad[0] else None)  # fmt: skip
+    ctx.save_for_forward(a, b)
 
 
-def _mv_op_backward(ctx, grad):
-    x, w = ctx.saved_tensors
-    grad_x = _outer_op(grad, w) if ctx.needs_input_grad[0] else None
-    grad_w = _mv_op(x.mT, grad) if ctx.needs_input_grad[1] else None
-    return grad_x, grad_w
-
-
-def _outer_op_backward(ctx, grad):
-    g, w = ctx.saved_tensors
-    grad_g = _mv_op(grad, w) if ctx.needs_input_grad[0] else None
-    grad_w = _mv_op(grad.mT, g) if ctx.needs_input_grad[1] else None
-    return grad_g, grad_w
-
-
-_mv_op.register_autograd(_mv_op_backward, setup_context=_save_for_other_input)
-_outer_op.register_autograd(_outer_op_backward, setup_context=_save_for_other_input)
-
-
-def _add(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
-    return b if a is None else a + b
+def _sum_of_terms(first: torch.Tensor | None, second: torch.Tensor | None) -> torch.Tensor:
+    """The sum of a product rule's terms (one may be missing), on torchext's kernels."""
+    if first is None or second is None:
+        return second if first is None else first
+    return add_tensors(first, second)
 
 
 class MvFunction(torch.autograd.Function):
@@ -81,10 +64,7 @@ class MvFunction(torch.autograd.Function):
     def forward(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return _mv_op(x, w)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _save_for_other_input(ctx, inputs, output)
-        ctx.save_for_forward(*inputs)
+    setup_context = staticmethod(_save_for_other_input)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -96,8 +76,9 @@ class MvFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, x_tangent, w_tangent):
         x, w = ctx.saved_tensors
-        out = matvec(x_tangent, w) if x_tangent is not None else None
-        return _add(out, matvec(x, w_tangent)) if w_tangent is not None else out
+        x_term = MvFunction.apply(x_tangent, w) if x_tangent is not None else None
+        w_term = MvFunction.apply(x, w_tangent) if w_tangent is not None else None
+        return _sum_of_terms(x_term, w_term)
 
     @staticmethod
     def vmap(info, in_dims, x, w):
@@ -112,10 +93,7 @@ class OuterFunction(torch.autograd.Function):
     def forward(g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return _outer_op(g, w)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _save_for_other_input(ctx, inputs, output)
-        ctx.save_for_forward(*inputs)
+    setup_context = staticmethod(_save_for_other_input)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -127,8 +105,9 @@ class OuterFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, g_tangent, w_tangent):
         g, w = ctx.saved_tensors
-        out = outer(g_tangent, w) if g_tangent is not None else None
-        return _add(out, outer(g, w_tangent)) if w_tangent is not None else out
+        g_term = OuterFunction.apply(g_tangent, w) if g_tangent is not None else None
+        w_term = OuterFunction.apply(g, w_tangent) if w_tangent is not None else None
+        return _sum_of_terms(g_term, w_term)
 
     @staticmethod
     def vmap(info, in_dims, g, w):
@@ -147,6 +126,12 @@ def outer(g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     if torch.compiler.is_compiling():
         return _outer_op(g, w)
     return OuterFunction.apply(g, w)
+
+
+# The custom ops' autograd (what torch.compile's graphs and direct `torch.ops.torchext` calls use)
+# is the Functions' own: one formula for both paths.
+_mv_op.register_autograd(MvFunction.backward, setup_context=MvFunction.setup_context)
+_outer_op.register_autograd(OuterFunction.backward, setup_context=OuterFunction.setup_context)
 
 
 def _check_mv(input: torch.Tensor, vec: torch.Tensor) -> None:

@@ -14,9 +14,9 @@ import torch
 from torchext._reduce import reduced_shape
 from torchext._validation import KERNEL_DTYPES, check_device_supported, check_tensor
 from torchext._vmap import batch_first
-from torchext.mul import mul
-from torchext.sub import sub
-from torchext.sum import SumFunction, dtype_name, reduced_dims
+from torchext.mul import mul_scalar, mul_tensors
+from torchext.sub import add_tensors, sub_tensors
+from torchext.sum import SumFunction, dtype_name, reduced_dims, sum_dims
 from triton_kernels import norm as kernels
 
 
@@ -47,58 +47,16 @@ def _keep_shape(shape, dims) -> list[int]:
 
 
 def _grad_times_x_over_norm(grad, x, norm, dims) -> torch.Tensor:
-    """grad · x / norm with grad and norm of x's shape kept as 1 at `dims`."""
+    """grad · x / norm with grad and norm of x's shape kept as 1 at `dims`, differentiable (the
+    custom op while torch.compile traces: Dynamo cannot trace a Function that defines `jvp`)."""
     if torch.compiler.is_compiling():
         return _norm_backward_op(grad, x, norm, list(dims))
     return NormBackwardFunction.apply(grad, x, norm, tuple(dims))
 
 
-def _norm_backward_input_grads(needs, grad_out, grad, x, norm, dims):
-    """Gradients of z = grad·x/norm: Σ gz·x / norm, grad·gz / norm, −grad·Σ gz·x / norm²."""
-    grad_grad = grad_x = grad_norm = None
-    if needs[0] or needs[2]:
-        inner = SumFunction.apply(mul(grad_out, x), tuple(dims), True, x.dtype)
-        inner_over_norm = _grad_times_x_over_norm(inner, torch.ones_like(norm), norm, dims)
-        grad_grad = inner_over_norm if needs[0] else None
-        if needs[2]:
-            grad_norm = mul(_grad_times_x_over_norm(grad, inner_over_norm, norm, dims), -1)
-    if needs[1]:
-        grad_x = _grad_times_x_over_norm(grad, grad_out, norm, dims)
-    return grad_grad, grad_x, grad_norm
-
-
-# torch.compile cannot trace an autograd.Function that defines `jvp` (see torchext/sin.py), so
-# under compilation `norm` calls the custom ops, with these formulas registered on them.
-
-
-def _save_norm_inputs(ctx, inputs, output):
-    x, dims, _ = inputs
-    ctx.save_for_backward(x, output)
-    ctx.dims = tuple(dims)
-
-
-def _norm_op_backward(ctx, grad):
-    x, norm = ctx.saved_tensors
-    keep = _keep_shape(x.shape, ctx.dims)
-    grad_x = _norm_backward_op(grad.reshape(keep), x, norm.reshape(keep), list(ctx.dims))
-    return grad_x, None, None
-
-
-def _save_norm_backward_inputs(ctx, inputs, output):
-    *tensors, dims = inputs
-    ctx.save_for_backward(*tensors)
-    ctx.dims = tuple(dims)
-
-
-def _norm_backward_op_backward(ctx, grad_out):
-    needs = (True, True, True)
-    return *_norm_backward_input_grads(needs, grad_out, *ctx.saved_tensors, ctx.dims), None
-
-
-_norm_op.register_autograd(_norm_op_backward, setup_context=_save_norm_inputs)
-_norm_backward_op.register_autograd(
-    _norm_backward_op_backward, setup_context=_save_norm_backward_inputs
-)
+def _over(numerator, norm, dims) -> torch.Tensor:
+    """numerator / norm for two tensors of one shape (0 where norm = 0), on the same kernel."""
+    return _grad_times_x_over_norm(numerator, torch.ones_like(norm), norm, dims)
 
 
 class NormFunction(torch.autograd.Function):
@@ -113,13 +71,13 @@ class NormFunction(torch.autograd.Function):
         x, dims, keepdim = inputs
         ctx.save_for_backward(x, output)
         ctx.save_for_forward(x, output)
-        ctx.dims, ctx.keepdim = dims, keepdim
+        ctx.dims, ctx.keepdim = tuple(dims), keepdim  # the op's dims: a list
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, norm = ctx.saved_tensors
         keep = _keep_shape(x.shape, ctx.dims)
-        grad_x = NormBackwardFunction.apply(grad.reshape(keep), x, norm.reshape(keep), ctx.dims)
+        grad_x = _grad_times_x_over_norm(grad.reshape(keep), x, norm.reshape(keep), ctx.dims)
         return grad_x, None, None
 
     @staticmethod
@@ -127,8 +85,8 @@ class NormFunction(torch.autograd.Function):
         # d‖x‖ = ⟨x, dx⟩ / ‖x‖ over each reduced group
         x, norm = ctx.saved_tensors
         norm = norm.reshape(_keep_shape(x.shape, ctx.dims))
-        inner = SumFunction.apply(mul(x, x_tangent), ctx.dims, True, x.dtype)
-        out = NormBackwardFunction.apply(inner, torch.ones_like(norm), norm, ctx.dims)
+        inner = SumFunction.apply(mul_tensors(x, x_tangent), ctx.dims, True, x.dtype)
+        out = _over(inner, norm, ctx.dims)
         return out.reshape(reduced_shape(x.shape, ctx.dims, ctx.keepdim))
 
     @staticmethod
@@ -153,32 +111,52 @@ class NormBackwardFunction(torch.autograd.Function):
         grad, x, norm, dims = inputs
         ctx.save_for_backward(grad, x, norm)
         ctx.save_for_forward(grad, x, norm)
-        ctx.dims = dims
+        ctx.dims = tuple(dims)  # the op's dims: a list
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        needs = ctx.needs_input_grad[:3]
-        return *_norm_backward_input_grads(needs, grad_out, *ctx.saved_tensors, ctx.dims), None
+        """Gradients of z = grad·x/norm: Σ gz·x / norm, grad·gz / norm, −grad·Σ gz·x / norm²."""
+        grad, x, norm = ctx.saved_tensors
+        needs, dims = ctx.needs_input_grad, ctx.dims
+        grad_grad = grad_x = grad_norm = None
+        if needs[0] or needs[2]:
+            inner_over_norm = _over(sum_dims(mul_tensors(grad_out, x), dims, True, x.dtype), norm,
+                                    dims)  # fmt: skip
+            grad_grad = inner_over_norm if needs[0] else None
+            if needs[2]:
+                grad_norm = _grad_times_x_over_norm(grad, inner_over_norm, norm, dims)
+                grad_norm = mul_scalar(grad_norm, -1)
+        if needs[1]:
+            grad_x = _grad_times_x_over_norm(grad, grad_out, norm, dims)
+        return grad_grad, grad_x, grad_norm, None
 
     @staticmethod
     def jvp(ctx, grad_tangent, x_tangent, norm_tangent, _):
         grad, x, norm = ctx.saved_tensors
         apply, dims = NormBackwardFunction.apply, ctx.dims
-        out = None
+        terms = []
         if grad_tangent is not None:
-            out = apply(grad_tangent, x, norm, dims)
+            terms.append(apply(grad_tangent, x, norm, dims))
         if x_tangent is not None:
-            term = apply(grad, x_tangent, norm, dims)
-            out = term if out is None else out + term
+            terms.append(apply(grad, x_tangent, norm, dims))
+        out = None if not terms else terms[0] if len(terms) == 1 else add_tensors(*terms)
         if norm_tangent is not None:  # ∂z/∂norm = −z / norm
             term = apply(norm_tangent, apply(grad, x, norm, dims), norm, dims)
-            out = mul(term, -1) if out is None else sub(out, term)
+            out = mul_scalar(term, -1) if out is None else sub_tensors(out, term)
         return out
 
     @staticmethod
     def vmap(info, in_dims, grad, x, norm, dims):
         grad, x, norm = batch_first(info.batch_size, in_dims[:3], grad, x, norm)
         return NormBackwardFunction.apply(grad, x, norm, tuple(d + 1 for d in dims)), 0
+
+
+# The custom ops' autograd (what torch.compile's graphs and direct `torch.ops.torchext` calls use)
+# is the Functions' own: one formula for both paths.
+_norm_op.register_autograd(NormFunction.backward, setup_context=NormFunction.setup_context)
+_norm_backward_op.register_autograd(
+    NormBackwardFunction.backward, setup_context=NormBackwardFunction.setup_context
+)
 
 
 def _check_p(p, dim) -> None:

@@ -41,20 +41,11 @@ def _broadcast_grad(grad, shape, dims, in_dtype: torch.dtype) -> torch.Tensor:
     return grad.to(in_dtype).reshape(keep_shape).expand(shape)
 
 
-# torch.compile cannot trace an autograd.Function that defines `jvp` (see torchext/sin.py), so
-# under compilation `sum` calls the custom op, with this formula registered on it.
-
-
-def _sum_op_setup_context(ctx, inputs, output):
-    x, dims, _, _ = inputs
-    ctx.shape, ctx.dims, ctx.in_dtype = x.shape, tuple(dims), x.dtype
-
-
-def _sum_op_backward(ctx, grad):
-    return _broadcast_grad(grad, ctx.shape, ctx.dims, ctx.in_dtype), None, None, None
-
-
-_sum_op.register_autograd(_sum_op_backward, setup_context=_sum_op_setup_context)
+def _sum_backward(grad, shape, dims: tuple[int, ...], keepdim: bool, in_dtype) -> torch.Tensor:
+    """`_broadcast_grad`, differentiable again (a view and cast while torch.compile traces)."""
+    if torch.compiler.is_compiling():
+        return _broadcast_grad(grad, shape, dims, in_dtype)
+    return SumBackwardFunction.apply(grad, shape, dims, keepdim, in_dtype)
 
 
 class SumFunction(torch.autograd.Function):
@@ -67,12 +58,12 @@ class SumFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, dims, keepdim, out_dtype = inputs
-        ctx.shape, ctx.dims, ctx.keepdim = x.shape, dims, keepdim
+        ctx.shape, ctx.dims, ctx.keepdim = x.shape, tuple(dims), keepdim  # the op's dims: a list
         ctx.in_dtype, ctx.out_dtype = x.dtype, out_dtype
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        grad_x = SumBackwardFunction.apply(grad, ctx.shape, ctx.dims, ctx.keepdim, ctx.in_dtype)
+        grad_x = _sum_backward(grad, ctx.shape, ctx.dims, ctx.keepdim, ctx.in_dtype)
         return grad_x, None, None, None
 
     @staticmethod
@@ -100,7 +91,7 @@ class SumBackwardFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        return SumFunction.apply(grad_out, ctx.dims, ctx.keepdim, ctx.grad_dtype), *[None] * 4
+        return sum_dims(grad_out, ctx.dims, ctx.keepdim, ctx.grad_dtype), *[None] * 4
 
     @staticmethod
     def jvp(ctx, grad_tangent, *_):
@@ -113,6 +104,19 @@ class SumBackwardFunction(torch.autograd.Function):
         out = SumBackwardFunction.apply(grad, (grad.shape[0], *shape), batched_dims, keepdim,
                                         in_dtype)  # fmt: skip
         return out, 0
+
+
+def sum_dims(x, dims: tuple[int, ...], keepdim: bool, out_dtype: torch.dtype) -> torch.Tensor:
+    """Σ over `dims` (an empty `dims` reduces nothing), differentiable; the custom op while
+    torch.compile traces (Dynamo cannot trace a Function that defines `jvp`)."""
+    if torch.compiler.is_compiling():
+        return _sum_op(x, list(dims), keepdim, out_dtype)
+    return SumFunction.apply(x, dims, keepdim, out_dtype)
+
+
+# The custom op's autograd (what torch.compile's graphs and direct `torch.ops.torchext` calls use)
+# is the Function's own: one formula for both paths.
+_sum_op.register_autograd(SumFunction.backward, setup_context=SumFunction.setup_context)
 
 
 def reduced_dims(op: str, ndim: int, dim) -> tuple[int, ...]:
@@ -151,7 +155,4 @@ def sum(
     check_not_complex("sum", input)
     check_device_supported("sum", input)
     out_dtype = _out_dtype(input, dtype)
-    dims = reduced_dims("sum", input.dim(), dim)
-    if torch.compiler.is_compiling():
-        return _sum_op(input, list(dims), keepdim, out_dtype)
-    return SumFunction.apply(input, dims, keepdim, out_dtype)
+    return sum_dims(input, reduced_dims("sum", input.dim(), dim), keepdim, out_dtype)
