@@ -9,6 +9,8 @@ would make an output saved by its own node a reference cycle through C++ that ne
 
 from __future__ import annotations
 
+import re
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -39,18 +41,69 @@ class SavedEntry:
 
 class _Packed:
     """What the autograd graph stores for one saved tensor: a detached alias (it shares the
-    original's version counter), the version at save time, and the ledger entry."""
+    original's version counter), the version at save time, the ledger entry, and the origin
+    torch's version-check error names (`_Origin`; None for a leaf)."""
 
-    __slots__ = ("tensor", "version", "entry", "ledger")
+    __slots__ = ("tensor", "version", "entry", "ledger", "origin")
 
-    def __init__(self, tensor: torch.Tensor, entry: SavedEntry, ledger: SavedLedger) -> None:
+    def __init__(self, tensor: torch.Tensor, entry: SavedEntry, ledger: SavedLedger,
+                 origin: _Origin | None) -> None:
         self.tensor = tensor
         self.version = tensor._version
         self.entry = entry
         self.ledger = ledger
+        self.origin = origin
 
     def __del__(self) -> None:
         self.ledger.release(self.entry)
+
+
+class _Origin:
+    """Where a saved non-leaf tensor came from, for the error torch itself would raise: its
+    node's sequence number (equal to the saving node's when the tensor is that node's output)
+    and output index, whether it is a view, and a weak reference to it (a strong one would make
+    an output saved by its own node a reference cycle through C++)."""
+
+    __slots__ = ("node_seq", "output_nr", "is_view", "tensor_ref")
+
+    def __init__(self, tensor: torch.Tensor, grad_fn: torch.autograd.graph.Node) -> None:
+        self.node_seq = grad_fn._sequence_nr()
+        self.output_nr = tensor.output_nr
+        self.is_view = tensor._is_view()
+        self.tensor_ref = weakref.ref(tensor)
+
+    def node_name(self) -> str:
+        """The node torch's message names, as torch finds it when unpacking without hooks: the
+        saving node for its own output, else the original tensor's grad_fn now (a view whose
+        base was modified in place gets a regenerated `AsStridedBackward0`)."""
+        node = torch._C._current_autograd_node()
+        if node is not None and node._sequence_nr() == self.node_seq:
+            return node.name()
+        original = self.tensor_ref()
+        if original is not None and original.grad_fn is not None:
+            return original.grad_fn.name()
+        return "AsStridedBackward0" if self.is_view else (node.name() if node else "")
+
+
+def modified_in_place_error(packed: _Packed) -> RuntimeError:
+    """torch's own error for a saved tensor modified in place (torch/csrc/autograd/
+    saved_variable.cpp), word for word: autograd skips its version check once saved-tensor
+    hooks are set, so the unpack hook raises it instead."""
+    tensor, origin = packed.tensor, packed.origin
+    text = ("one of the variables needed for gradient computation has been modified by an "
+            f"inplace operation: [{tensor.type()} {list(tensor.shape)}]")
+    if origin is not None:
+        name = re.sub(r"Backward\d*$", "", origin.node_name())
+        text += f", which is output {origin.output_nr} of {name},"
+    text += f" is at version {tensor._version}; expected version {packed.version} instead."
+    if torch.is_anomaly_enabled():
+        text += (" Hint: the backtrace further above shows the operation that failed to compute "
+                 "its gradient. The variable in question was changed in there or anywhere "
+                 "later. Good luck!")
+    else:
+        text += (" Hint: enable anomaly detection to find the operation that failed to compute "
+                 "its gradient, with torch.autograd.set_detect_anomaly(True, check_nan=False).")
+    return RuntimeError(text)
 
 
 ReleaseContext = Callable[[], tuple[int, str, str]]
@@ -102,7 +155,8 @@ class SavedLedger:
         entry.holds += 1
         with torch._C._DisableTorchDispatch():
             alias = tensor.detach()
-        return _Packed(alias, entry, self)
+        grad_fn = tensor.grad_fn
+        return _Packed(alias, entry, self, None if grad_fn is None else _Origin(tensor, grad_fn))
 
     def unpack(self, packed: object) -> torch.Tensor:
         if type(packed) is not _Packed:
@@ -113,10 +167,7 @@ class SavedLedger:
         if tensor._version != packed.version:
             # autograd skips its own version check once saved-tensor hooks are set: without
             # this one, profiling would turn torch's error into silently wrong gradients
-            raise RuntimeError(
-                "one of the variables needed for gradient computation has been modified by an "
-                f"inplace operation: [{tensor.type()} {list(tensor.shape)}] is at version "
-                f"{tensor._version}; expected version {packed.version} instead.")
+            raise modified_in_place_error(packed)
         return tensor
 
     def release(self, entry: SavedEntry) -> None:

@@ -1,12 +1,15 @@
-"""`torchext-profile`: run (script and -m), examples, compare; formats, --top, errors.
+"""`torchext-profile`: run (script and -m), examples, compare; formats, --top, errors; a user's
+error as `python script.py` prints it; the layout (the profiler's CLI imports nothing of ours).
 
-All in-process through `main([...])` on tiny scripts written to tmp_path (3 sin ops on 8 float32
-elements: 96 saved bytes), plus one subprocess test of the installed console script.
+In-process through the console script's `main([...])` (reports/cli.py) on tiny scripts written
+to tmp_path (3 sin ops on 8 float32 elements: 96 saved bytes); `python script.py` and the
+installed console script run in subprocesses where the test compares against them.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import io
 import json
@@ -16,14 +19,19 @@ import subprocess
 import sys
 import time
 import types
+import warnings
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from profiling import cli
+import reports.cli
+import torchext.cli
+from profiling import cli, profile
 from profiling.export import load_profile
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SIN_CHAIN = """\
 import json, sys
@@ -49,7 +57,8 @@ def recorded(script: Path) -> dict:
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
+    """`torchext-profile ARGV...` in-process: (exit status, stdout, stderr)."""
+    code = reports.cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -59,6 +68,7 @@ def test_run_profiles_a_script_like_cprofile(tmp_path, capsys):
     argv_before, path_before = sys.argv[:], sys.path[:]
     code, stdout, stderr = run_cli(capsys, "run", "--out", out, script, "a", "--flag")
     assert code == 0, stderr
+    assert "note" not in stderr  # no option of ours after the script
     assert recorded(script) == {"argv": [str(script), "a", "--flag"], "name": "__main__",
                                 "path0": str(tmp_path)}
     assert sys.argv == argv_before and sys.path == path_before
@@ -120,8 +130,8 @@ def test_sys_exit_in_the_script_is_its_exit_status_and_progress_shows(tmp_path, 
     assert code == 3 and "Traceback" not in stderr
     assert "still profiling" in stderr and "still profiling" not in stdout
     assert (tmp_path / "out" / "profile.json").is_file()
-    assert cli._exit_code(SystemExit()) == 0 and cli._exit_code(SystemExit(0)) == 0
-    assert cli._exit_code(SystemExit("a message")) == 1 and "a message" in capsys.readouterr().err
+    assert cli.exit_status(SystemExit()) == 0 and cli.exit_status(SystemExit(0)) == 0
+    assert cli.exit_status(SystemExit("a message")) == 1 and "a message" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +143,8 @@ def two_reports(tmp_path_factory) -> tuple[dict, dict]:
     for n, options in ((3, ["--format", "csv", "--top", "1"]), (1, ["--format", "md"])):
         script, stdout = write_script(root, f"chain{n}.py", n=n), io.StringIO()
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
-            assert cli.main(["run", *options, "--out", str(root / f"out{n}"), str(script)]) == 0
+            assert reports.cli.main(["run", *options, "--out", str(root / f"out{n}"),
+                                     str(script)]) == 0
         runs.append({"folder": root / f"out{n}", "stdout": stdout.getvalue()})
     return runs[0], runs[1]
 
@@ -219,10 +230,12 @@ def test_a_subcommand_is_one_function_in_subcommands(monkeypatch):
 
     monkeypatch.setattr(cli, "SUBCOMMANDS", (*cli.SUBCOMMANDS, add_echo_command))
     assert cli.main(["echo-count", "--x", "y"]) == 2
-    parse = cli.build_parser().parse_args
+    assert reports.cli.main(["echo-count", "--x", "y"]) == 2  # the console script has it too
+    parse = cli.build_parser(reports.cli.subcommands()).parse_args
     assert parse(["run", "s.py"]).handler is cli.run_command
-    assert parse(["examples"]).handler is cli.examples_command
+    assert parse(["examples"]).handler is torchext.cli.examples_command
     assert parse(["compare", "a", "b"]).handler is cli.compare_command
+    assert parse(["report"]).handler is reports.cli.report_command
 
 
 def test_console_script_in_a_subprocess(tmp_path):
@@ -247,7 +260,6 @@ def test_progress_on_a_terminal_is_a_spinner_with_the_elapsed_time(monkeypatch):
         time.sleep(0.6)
     printed = terminal.getvalue()
     assert re.search(r"profiling job\.py \(\d s\)", printed), printed  # updated while running
-    assert "profiled job.py in 0." in printed
 
 
 def test_examples_runs_the_lessons_own_examples(tmp_path, capsys):
@@ -257,3 +269,268 @@ def test_examples_runs_the_lessons_own_examples(tmp_path, capsys):
     (row,) = json.loads(stdout)["examples"]
     assert row["example"] == "x_times_x" and row["status"] == "ok" and row["operators"] > 0
     assert row["held_bytes"] == 0 and (tmp_path / "x_times_x" / "report.html").is_file()
+
+
+# ----------------------------------------------------------------------------- our options
+
+
+ARGV_RECORDER = """\
+import json, sys
+with open({record!r}, "w") as f:
+    json.dump(sys.argv[1:], f)
+"""
+
+
+def test_our_options_after_the_script_are_the_scripts_with_a_note(tmp_path, capsys,
+                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    script = tmp_path / "train.py"
+    script.write_text(ARGV_RECORDER.format(record=str(tmp_path / "argv.json")))
+    code, _, stderr = run_cli(capsys, "run", "--top", "3", "train.py", "--out", "o",
+                              "--epochs", "1", "--format=json")
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "argv.json").read_text()) == [
+        "--out", "o", "--epochs", "1", "--format=json"]  # as cProfile and torchrun do
+    assert (tmp_path / "profile_out" / "profile.json").is_file() and not (tmp_path / "o").exists()
+    (note,) = [line for line in stderr.splitlines() if "note:" in line]
+    assert note.startswith("torchext-profile: note: --out o --format=json came after train.py")
+    assert note.endswith("put them before the script: torchext-profile run --top 3 --out o "
+                         "--format=json train.py --epochs 1")
+    code, _, stderr = run_cli(capsys, "run", "--out", "o2", "-m", "train", "--out", "x")
+    assert code == 0 and (tmp_path / "o2" / "profile.json").is_file()
+    assert "put them before the script: torchext-profile run --out o2 --out x -m train" in stderr
+
+
+# ----------------------------------------------------------------------------- user errors
+
+STEP_BETWEEN_BACKWARDS = """\
+import torch
+
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+loss = model(torch.randn(2, 4)).pow(2).sum()
+loss.backward(retain_graph=True)
+optimizer.step()  # modifies the weights the retained graph saved
+loss.backward()
+"""
+
+
+def python_stderr(script: Path) -> subprocess.CompletedProcess:
+    """What `python script.py` prints, in the script's folder: the reference."""
+    return subprocess.run([sys.executable, script.name], cwd=script.parent, capture_output=True,
+                          text=True, timeout=300)
+
+
+def traceback_in(stderr: str) -> str:
+    """The traceback the CLI printed: from its first line to the exception's last."""
+    start = stderr.index("Traceback (most recent call last):")
+    end = stderr.index("\n", stderr.index("RuntimeError: ", start))
+    return stderr[start:end + 1]
+
+
+def test_a_saved_tensor_modified_in_place_reads_as_without_the_profiler(tmp_path, capsys):
+    script = tmp_path / "step_between_backwards.py"
+    script.write_text(STEP_BETWEEN_BACKWARDS)
+    reference = python_stderr(script)
+    assert reference.returncode == 1 and "enable anomaly detection" in reference.stderr
+    code, _, stderr = run_cli(capsys, "run", "--out", tmp_path / "out", script)
+    assert code == 1
+    assert traceback_in(stderr) == reference.stderr  # the user's frames, torch's full message
+    assert "profiling" not in traceback_in(stderr)
+
+
+class _SavesOutputAndInput(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = x.exp()
+        ctx.save_for_backward(y, x)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, _ = ctx.saved_tensors
+        return grad * y
+
+
+def _modified_output(a):
+    y = a.exp()
+    y.add_(1)
+    y.sum().backward()
+
+
+def _modified_input(a):
+    b = a * 1
+    c = b.sin()
+    b.add_(1)
+    c.sum().backward()
+
+
+def _modified_leaf(a):
+    c = a.sin()
+    with torch.no_grad():
+        a.add_(1)
+    c.sum().backward()
+
+
+def _modified_base_of_saved_view(a):
+    b = a * 1
+    c = b[:2].sin()
+    b.add_(1)
+    c.sum().backward()
+
+
+def _modified_slice_of_saved_input(a):
+    b = a * 1
+    c = b.sin()
+    b[1:].add_(1)
+    c.sum().backward()
+
+
+def _modified_through_a_view_of_a_dropped_input(a):
+    b = a * 1
+    view, c = b[:2], b.sin()
+    del b
+    view.add_(1)
+    c.sum().backward()
+
+
+def _function_output_modified(a):
+    y = _SavesOutputAndInput.apply(a)
+    y.add_(1)
+    y.sum().backward()
+
+
+def _function_input_modified(a):
+    b = a * 1
+    y = _SavesOutputAndInput.apply(b)
+    b.mul_(2)
+    y.sum().backward()
+
+
+def _modified_output_under_anomaly_mode(a):
+    with warnings.catch_warnings(), torch.autograd.set_detect_anomaly(True):
+        warnings.simplefilter("ignore")  # anomaly mode's own warnings
+        _modified_output(a)
+
+
+@pytest.mark.parametrize("modify", [
+    _modified_output, _modified_input, _modified_leaf, _modified_base_of_saved_view,
+    _modified_slice_of_saved_input, _modified_through_a_view_of_a_dropped_input,
+    _function_output_modified, _function_input_modified, _modified_output_under_anomaly_mode,
+], ids=lambda f: f.__name__.strip("_"))  # fmt: skip
+def test_version_check_error_is_torchs_own_word_for_word(modify):
+    messages = []
+    for profiled in (False, True):
+        a = torch.randn(3, requires_grad=True)
+        with pytest.raises(RuntimeError) as raised:
+            with profile() if profiled else contextlib.nullcontext():
+                modify(a)
+        messages.append(str(raised.value))
+    torch_message, ours = messages
+    assert "modified by an inplace operation" in torch_message and ours == torch_message
+
+
+def test_a_syntax_error_prints_what_python_prints_and_writes_no_report(tmp_path, capsys,
+                                                                       monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    script = tmp_path / "broken.py"
+    script.write_text("import torch\nx = torch.ones(\n")
+    reference = python_stderr(script)
+    assert reference.returncode == 1 and "SyntaxError" in reference.stderr
+    code, stdout, stderr = run_cli(capsys, "run", "broken.py")
+    assert (code, stdout, stderr) == (1, "", reference.stderr)
+    assert not (tmp_path / "profile_out").exists()
+    code, stdout, stderr = run_cli(capsys, "run", "-m", "broken")
+    assert code == 1 and stderr.endswith(reference.stderr) and "profiling" not in stderr
+    assert not (tmp_path / "profile_out").exists()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json {", "is not JSON (Expecting value"),
+    ("[1, 2]", "is JSON but not a profile that torchext-profile saved"),
+    ("{}", "is JSON but not a profile that torchext-profile saved"),
+    ('{"format": "torchext-profile", "version": 1}', "is an incomplete or damaged profile"),
+])  # fmt: skip
+def test_compare_on_what_is_not_a_saved_profile_is_one_line(tmp_path, capsys, two_reports,
+                                                             content, message):
+    from profiling.export import PROFILE_VERSION
+
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "profile.json").write_text(content.replace('"version": 1',
+                                                         f'"version": {PROFILE_VERSION}'))
+    code, stdout, stderr = run_cli(capsys, "compare", two_reports[0]["folder"], folder)
+    assert code == 2 and stdout == ""
+    assert stderr.splitlines() == [stderr.strip()] and message in stderr, stderr
+    assert stderr.startswith(f"torchext-profile: error: cannot read profile {folder}: ")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--top", "abc", "x.py"], "argument --top: expected a whole number, got 'abc'"),
+    (["run", "--device", "meta", "x.py"],
+     "argument --device: 'meta': the profiler accounts for the memory of cpu and cuda devices"),
+    (["examples", "--device", "cuda:7"],
+     "CUDA is not available" if not torch.cuda.is_available() else "CUDA device(s)"),
+])  # fmt: skip
+def test_bad_option_values_are_one_clear_line(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run_cli(capsys, *argv)
+    *usage, error = stderr.strip().splitlines()
+    assert code == 2 and message in error and "Traceback" not in stderr, stderr
+    assert "invalid" not in error and not (tmp_path / "profile_out").exists()
+
+
+# ----------------------------------------------------------------------------- times
+
+
+def test_the_run_names_what_each_of_its_times_measures(tmp_path, capsys):
+    script = write_script(tmp_path, n=1, tail="import time\ntime.sleep(0.25)\n")
+    code, _, stderr = run_cli(capsys, "run", "--out", tmp_path / "out", script)
+    assert code == 0, stderr
+    timing = re.search(r"profiled \S+: (\d+\.\d) ms in the profiled block \(the report's wall "
+                       r"time\), (\d+\.\d) s with starting and stopping the profiler", stderr)
+    assert timing, stderr
+    block_ms, total_s = float(timing[1]), float(timing[2])
+    summary = (tmp_path / "out" / "summary.md").read_text(encoding="utf-8")
+    assert f"**wall time**: {timing[1]} ms" in summary  # one number, named the same
+    assert block_ms >= 250 and total_s >= round(block_ms / 1e3, 1)  # the sleep, measured apart
+    assert re.search(r"report written to \S+ in \d+\.\d s: open ", stderr)
+
+
+# ----------------------------------------------------------------------------- layout
+
+OURS = ("torchext", "reports", "benchmarks", "triton_kernels")
+
+
+def test_the_profiler_imports_nothing_of_ours():
+    for source in (ROOT / "profiling").rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and
+                     not node.level else [])
+            bad = [name for name in names if name.split(".")[0] in OURS]
+            assert not bad, f"{source.relative_to(ROOT)}:{node.lineno} imports {bad}"
+    check = ("import sys, profiling, profiling.cli; profiling.cli.build_parser(); "
+             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {OURS!r}))")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_python_m_profiling_has_the_profilers_subcommands_and_the_console_script_all(capsys):
+    assert cli.main(["--help"], prog="python -m profiling") == 0
+    profiler_help = capsys.readouterr().out
+    assert "usage: python -m profiling" in profiler_help
+    assert re.search(r"^    run ", profiler_help, re.M) and "compare" in profiler_help
+    assert "examples" not in profiler_help and "report " not in profiler_help
+    assert reports.cli.main(["--help"]) == 0
+    console_help = capsys.readouterr().out
+    for name in ("run", "compare", "examples", "report"):
+        assert re.search(rf"^    {name} ", console_help, re.M), console_help
+    code, _, stderr = run_cli(capsys, "examples", "--top", "0")  # parsed by the profiler's parts
+    assert code == 2 and "must be at least 1" in stderr

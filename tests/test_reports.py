@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from profiling import cli
-from reports import generate
+from reports import cli, generate
 from reports.studies import STUDIES
 from torchext import examples
 
