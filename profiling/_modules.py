@@ -3,11 +3,14 @@
 Paths are relative to the outermost module called (the root), like `state_dict` keys:
 `encoder.layers.0.linear1`. Operators that run directly in the root's own `forward` get the
 root's class name. The forward hook is registered with `always_call=True`, so a module that
-raises still pops its path.
+raises still pops its path. The hooks are global: calls from threads other than the profiled one
+are ignored (their modules are not this profile's, and must neither name its rows nor count in
+its memory).
 """
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +32,7 @@ class ModuleStack:
         self._stack: list[str] = []
         self.current = ""
         self._handles: list[Any] = []
+        self._thread = 0  # the profiled thread's ident
 
     def _path_of(self, module: nn.Module) -> str:
         path = self._paths.get(module)
@@ -44,14 +48,17 @@ class ModuleStack:
         return path
 
     def _pre(self, module: nn.Module, args: Any) -> None:
+        if threading.get_ident() != self._thread:
+            return
         self._stack.append(self.current)
         self.current = self._path_of(module)
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._stack:
+        if threading.get_ident() == self._thread and self._stack:
             self.current = self._stack.pop()
 
-    def start(self) -> None:
+    def start(self, thread: int) -> None:
+        self._thread = thread
         self._handles = [
             register_module_forward_pre_hook(self._pre),
             register_module_forward_hook(self._post, always_call=True),

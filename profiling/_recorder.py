@@ -10,10 +10,17 @@
   next node's pre-hook (or the end of the backward pass, via `queue_callback`). Post-hooks are
   not used on purpose: a node with post-hooks keeps its incoming gradients alive until the hooks
   ran, which would change the memory being measured.
+- Phases: "backward" while autograd's engine runs (in any thread), else "optimizer" between
+  the profiler markers `Optimizer.step` wraps every step in (`record_function`, whose exit
+  also runs when the step raises, and which nest), else "forward".
+- Threads: the dispatch mode and saved-tensor hooks are thread-local (autograd hands them to
+  its worker threads for the backward passes this thread starts); the global hooks (modules,
+  `Function.apply`, optimizer steps) ignore calls from other threads.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from functools import partial
@@ -34,6 +41,10 @@ _perf_counter = time.perf_counter
 _graph_task_id = torch._C._current_graph_task_id
 _grad_enabled = torch.is_grad_enabled
 _queue_engine_callback = torch.autograd.Variable._execution_engine.queue_callback
+_thread_id = threading.get_ident
+_MARKER_ENTER = ("profiler::_record_function_enter_new", "profiler::_record_function_enter")
+_MARKER_EXIT = "profiler::_record_function_exit"
+_STEP_MARKER = "Optimizer.step#"  # the name `Optimizer.profile_hook_step` gives every step
 
 # Row fields, in order (input_shapes holds raw shape tuples until the DataFrame is built).
 ROW_FIELDS = ("seq", "op", "phase", "module", "input_shapes", "dtype", "device", "output_bytes",
@@ -68,11 +79,16 @@ class Recorder:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.cuda = device.type == "cuda"
-        self.storages = StorageTracker()
+        self.rows: list[tuple] = []
+        self.thread = _thread_id()
+        self.storages = StorageTracker(self.rows)
         self.ledger = SavedLedger(self.storages, self.current_seq, self.release_context)
         self.registry = NodeRegistry(self.ledger, self._hook_node)
-        self.modules = ModuleStack(self.track_external)
-        self.rows: list[tuple] = []
+        self.modules = ModuleStack(self.count_from_start)
+        self._markers: list[bool] = []  # record_function markers open (an optimizer step?)
+        self._steps = 0  # optimizer steps running (nested steps count each)
+        self.unseen_cuda_bytes = 0  # allocated between this thread's rows (CUDA): not ours
+        self._cuda_start_live = 0
         self.seq = -1
         self.started = self.stopped = False
         self.t0 = 0.0
@@ -86,9 +102,10 @@ class Recorder:
         self._graph_task = -1
 
     # ------------------------------------------------------------------ lifecycle
-    def track_external(self, *objects: Any) -> None:
-        """Count storages that existed before the block: modules' parameters, buffers and
-        gradients, optimizers' states, tensors (nested in lists, tuples, dicts)."""
+    def count_from_start(self, *objects: Any) -> None:
+        """Count storages that existed before the block from its start: modules' parameters,
+        buffers and gradients; optimizers' parameters, gradients and state; tensors (nested in
+        lists, tuples, dicts). Rows recorded before they were seen are raised by their bytes."""
         tensors: list[Tensor] = []
         stack = list(objects)
         while stack:
@@ -103,26 +120,56 @@ class Recorder:
                 stack.extend(obj.buffers())
             elif isinstance(obj, torch.optim.Optimizer):
                 stack.extend(obj.state.values())
+                stack.extend(group["params"] for group in obj.param_groups)
             elif isinstance(obj, dict):
                 stack.extend(obj.values())
             elif isinstance(obj, (list, tuple)):
                 stack.extend(obj)
-        self.storages.track_all(tensors, False)
+        self._raise_earlier_rows(self.storages.count_from_start(tensors))
+
+    def _raise_earlier_rows(self, raised: list[tuple[int, torch.device, int]]) -> None:
+        """Add each backdated storage's bytes to the live and peak bytes of the rows recorded
+        before it was seen (logical accounting only: CUDA's allocator counted it all along)."""
+        raised = [(before, nbytes) for before, device, nbytes in raised
+                  if device == self.device and before > 0]
+        if self.cuda or not raised:
+            return
+        rows, rows_now = self.rows, len(self.rows)
+        extra = [0] * (rows_now + 1)  # extra[i]: bytes to add to rows[i], as a suffix sum
+        for before, nbytes in raised:
+            extra[before - 1] += nbytes
+            if before == rows_now and self._open is not None:
+                self._open.peak += nbytes  # open since before the storage was counted
+        for index in range(rows_now - 1, -1, -1):
+            extra[index] += extra[index + 1]
+            if extra[index]:
+                row = rows[index]
+                rows[index] = row[:8] + (row[8] + extra[index], row[9] + extra[index]) + row[10:]
+        peak = max(row[9] for row in rows[:max(before for before, _ in raised)])
+        storages = self.storages
+        if peak > storages.peak.get(self.device, 0):
+            storages.peak[self.device] = peak
 
     def _optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self.track_external(optimizer)
+        if _thread_id() == self.thread:
+            self.count_from_start(optimizer)
 
     def start(self, track: tuple = ()) -> None:
         self.t0 = time.perf_counter()
         self.started = True
-        self.track_external(*track)
-        self.modules.start()
+        self.thread = _thread_id()
+        if self.cuda:
+            self._cuda_start_live = torch.cuda.memory_allocated(self.device)
+        self.count_from_start(*track)
+        self.modules.start(self.thread)
         self._handles.append(register_optimizer_step_pre_hook(
             self._optimizer_step))
         self._original_apply = Function.__dict__["apply"]
         recorder, original = self, self._original_apply.__func__
 
         def apply(cls, *args, **kwargs):  # noqa: ANN001, ANN202
+            if _thread_id() != recorder.thread:  # another thread's Function: not profiled
+                return original(cls, *args, **kwargs)
             row = recorder.enter_function(cls, args)
             outputs = None
             try:
@@ -196,6 +243,8 @@ class Recorder:
         if op is None:
             op = self._ops[id(func)] = op_info(func)
         name, call = op
+        if not name:  # profiler markers: no row
+            return self._on_marker(func, call, args, kwargs)
         storages = self.storages
         open_row = self._open
         if open_row is not None and open_row.kind == "node":
@@ -225,11 +274,10 @@ class Recorder:
             if live > open_row.peak:
                 open_row.peak = live
             return out
-        if not name:  # record_function markers (optimizer.step): no row
-            return call(*args, **kwargs)
         self.seq = seq = self.seq + 1
         cuda = self.cuda
         if cuda:
+            self._check_unseen_cuda_bytes()
             torch.cuda.reset_peak_memory_stats(self.device)
         start = _perf_counter()
         out = call(*args, **kwargs)
@@ -256,7 +304,8 @@ class Recorder:
         module = "" if backward else self.modules.current
         meta = first if first is not None else (inputs[0] if inputs else None)
         self.rows.append((
-            seq, name, "backward" if backward else "forward", module,
+            seq, name, "backward" if backward else "optimizer" if self._steps else "forward",
+            module,
             [t.shape for t in inputs], None if meta is None else meta.dtype,
             None if meta is None else meta.device, output_bytes, live, peak,
             (end - start) * 1e3, (end - self.t0) * 1e3,
@@ -267,6 +316,39 @@ class Recorder:
                     self._pending = (seq, module, weakref.ref(first))
                     break
         return out
+
+    def _on_marker(self, func: Any, call: Any, args: tuple, kwargs: dict) -> Any:
+        """A `record_function` marker: those of `Optimizer.step` open and close its phase.
+        `record_function` is a context manager, so its markers nest: a stack pairs each exit
+        with its enter (the handles they pass are new Python objects each time)."""
+        out = call(*args, **kwargs)
+        name = getattr(func, "_name", "")
+        if name in _MARKER_ENTER:
+            step = bool(args) and isinstance(args[0], str) and args[0].startswith(_STEP_MARKER)
+            self._markers.append(step)
+            self._steps += step
+        elif name.startswith(_MARKER_EXIT) and self._markers:  # not one entered before the block
+            self._steps -= self._markers.pop()
+        return out
+
+    def _check_unseen_cuda_bytes(self) -> None:
+        """Between two of this thread's rows only frees happen in this thread; memory the
+        process-wide allocator gained meanwhile was allocated by another thread (or by code
+        that bypasses the dispatcher)."""
+        before = self.rows[-1][8] if self.rows else self._cuda_start_live
+        now = torch.cuda.memory_allocated(self.device)
+        if now > before:
+            self.unseen_cuda_bytes += now - before
+
+    def other_threads_note(self) -> str:
+        """A sentence for the report when live/peak bytes include memory this thread did not
+        allocate ("" when they do not)."""
+        if not self.unseen_cuda_bytes:
+            return ""
+        return (f"{self.unseen_cuda_bytes:,} bytes were allocated on {self.device} between this "
+                "thread's operators, by another thread (or by code that bypasses PyTorch's "
+                "dispatcher): CUDA's allocator is process-wide, so live and peak bytes include "
+                "them")
 
     def discover_pending(self) -> None:
         """Find the node the last op (or Function) created, and what it saved."""
@@ -292,8 +374,11 @@ class Recorder:
         backward = is_backward_running()
         inputs = tensors_in(args)
         self.storages.track_all(inputs, False)
+        if self.cuda:
+            self._check_unseen_cuda_bytes()
         self._reset_peak()
-        row = _OpenRow(self.seq, cls.__name__, "backward" if backward else "forward",
+        phase = "backward" if backward else "optimizer" if self._steps else "forward"
+        row = _OpenRow(self.seq, cls.__name__, phase,
                        "" if backward else self.modules.current, "function",
                        [t.shape for t in inputs], self._live())
         self._open = row
@@ -307,7 +392,7 @@ class Recorder:
         if tensors:
             row.dtype, row.device = tensors[0].dtype, tensors[0].device
         self._finish(row)
-        if tensors and row.phase == "forward" and torch.is_grad_enabled():
+        if tensors and row.phase != "backward" and torch.is_grad_enabled():
             self._pending = (row.seq, row.module, weakref.ref(tensors[0]))
 
     def _finish(self, row: _OpenRow) -> None:

@@ -1,9 +1,12 @@
 """Logical memory accounting: which tensor storages exist, and how many bytes are live per device.
 
 A storage is tracked from the first time the profiler sees it (an operator output, or an operator
-input that existed before). A weak reference with a callback on its `torch.UntypedStorage` tells
-us when it is freed, as `torch.distributed._tools.mem_tracker` does: PyTorch keeps a storage's
-Python object alive exactly as long as the C++ storage, so the callback fires at the real free.
+input that existed before). Storages that existed before the block and belong to what the block
+uses (a module it runs, an optimizer it steps, `track=`) count from the block's start instead:
+`count_from_start` says which earlier rows must be raised by how much. A weak reference with a
+callback on its `torch.UntypedStorage` tells us when it is freed, as
+`torch.distributed._tools.mem_tracker` does: PyTorch keeps a storage's Python object alive exactly
+as long as the C++ storage, so the callback fires at the real free.
 Nothing here holds a tensor or a storage strongly.
 """
 
@@ -23,13 +26,15 @@ NO_STORAGE = (RuntimeError, NotImplementedError, TypeError)
 class _StorageRef(weakref.ref):
     """Weak reference to a storage that remembers what it needs to account for the free."""
 
-    __slots__ = ("address", "storage_id", "nbytes", "device", "created_in_block")
+    __slots__ = ("address", "storage_id", "nbytes", "device", "created_in_block", "rows_before",
+                 "from_start")
 
 
 class StorageTracker:
     """Live and peak bytes of the storages seen, per device, updated as storages are freed."""
 
-    def __init__(self) -> None:
+    def __init__(self, rows: list) -> None:
+        self.rows = rows  # the recorder's finished rows: their count dates each first sight
         self.refs: dict[int, _StorageRef] = {}  # StorageImpl address -> weak ref (while alive)
         self._ids = count()
         self.live: dict[torch.device, int] = {}
@@ -47,6 +52,8 @@ class StorageTracker:
         ref.nbytes = nbytes = storage.nbytes()
         ref.device = device = storage.device
         ref.created_in_block = created
+        ref.rows_before = len(self.rows)
+        ref.from_start = False
         self.refs[address] = ref
         live = self.live.get(device, 0) + nbytes
         self.live[device] = live
@@ -90,6 +97,32 @@ class StorageTracker:
         if isinstance(out, (tuple, list)):
             return self.track_all(tensors_in(out), True)
         return 0
+
+    def count_from_start(self, tensors: list[Tensor]) -> list[tuple[int, torch.device, int]]:
+        """Count these storages, which existed before the block, from its start: each one not
+        seen yet is tracked now, and one seen first as an operator input is backdated. Returns
+        (rows before the first sight, device, bytes) for each storage backdated, so that the
+        caller raises the live and peak bytes of those earlier rows."""
+        raised = []
+        rows_now = len(self.rows)
+        for tensor in tensors:
+            try:
+                storage = tensor.untyped_storage()
+            except NO_STORAGE:
+                continue
+            address = storage._cdata
+            ref = self.refs.get(address)
+            if ref is None:
+                # every moment before now lacked it: the peak so far rises by its size too
+                nbytes, device = storage.nbytes(), storage.device
+                self.peak[device] = self.peak.get(device, 0) + nbytes
+                ref = self.add(storage, address, False)
+            elif ref.created_in_block or ref.from_start or ref.rows_before == 0:
+                ref.from_start = True
+                continue
+            ref.from_start = True
+            raised.append((min(ref.rows_before, rows_now), ref.device, ref.nbytes))
+        return raised
 
     def stop(self) -> None:
         """Forget every storage: drops the weak references, so no callback fires later."""

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from profiling.tables import format_bytes, module_totals, op_totals
 
 MIB = 1024 * 1024
-PHASE_COLORS = {"forward": "#4C72B0", "backward": "#DD8452"}
+PHASE_COLORS = {"forward": "#4C72B0", "backward": "#DD8452", "optimizer": "#55A868"}
 OTHER_PHASE_COLOR = "#999999"
 MAX_BARS = 15
 
@@ -38,7 +38,7 @@ def _empty(ax, message: str) -> None:
 
 
 def memory_figure(prof: Any) -> Figure:
-    """Live memory after each recorded event, forward/backward shaded, the peak marked."""
+    """Live memory after each recorded event, each phase shaded, the peak marked."""
     timeline, ops = prof.timeline, prof.ops
     fig = Figure(figsize=(10, 4.5), layout="constrained")
     ax = fig.add_subplot()
@@ -59,10 +59,11 @@ def memory_figure(prof: Any) -> Figure:
         ax.plot(ops["seq"], ops["peak_bytes"] / MIB, linestyle="none", marker=".",
                 markersize=4, color="#C44E52", alpha=0.6, label="peak during the op")
         peak = ops.loc[ops["peak_bytes"].idxmax()]
-        peak_seq, peak_bytes, peak_op = int(peak["seq"]), int(peak["peak_bytes"]), peak["op"]
+        peak_bytes = int(peak["peak_bytes"])
     else:
         peak = timeline.loc[timeline["live_bytes"].idxmax()]
-        peak_seq, peak_bytes, peak_op = int(peak["seq"]), int(peak["live_bytes"]), peak["op"]
+        peak_bytes = int(peak["live_bytes"])
+    peak_seq, peak_op = int(peak["seq"]), f"{peak['op']}, phase {peak['phase']}"
     ax.plot([peak_seq], [peak_bytes / MIB], marker="v", markersize=10, color="#C44E52",
             linestyle="none", label="peak")
     ax.annotate(f"peak {format_bytes(peak_bytes)}\n#{peak_seq} {peak_op}",

@@ -17,8 +17,23 @@ What the numbers mean:
   created inside the block that are not leaves requiring grad (parameters, inputs).
 - `live_bytes`/`peak_bytes`: on CUDA the caching allocator's `memory_allocated` after the op
   and `max_memory_allocated` during it (peak stats are reset at each row: the profiler owns them
-  while it runs); elsewhere the logical bytes of the storages the profiler has seen, which grow
-  when an op allocates and shrink when a storage is freed.
+  while it runs). The allocator is process-wide, so these include other threads' memory;
+  `meta["other_threads"]` says when memory was allocated between this thread's operators.
+  Elsewhere, the logical bytes of these storages alive (unique storages, their full size):
+  1. from the block's start: every parameter, buffer and gradient of each module whose forward
+     runs in the block (the whole model of the outermost module called), and every parameter,
+     gradient and state tensor of each optimizer whose `step` runs in it, as it was when first
+     seen; plus what `track=` names. The profiler learns of a model or an optimizer when it first
+     runs, and then raises the rows recorded before by those bytes: with this, a training
+     step's peak equals MemTracker's with `track_external(model, optimizer, inputs)`.
+  2. from the operator that creates it: every storage an operator returns.
+  3. from the first operator that reads it: any other storage made before the block (e.g. the
+     input batch).
+  A storage counts until it is freed. Only the profiled thread's modules, optimizers and
+  operators count: memory another thread uses is not in these numbers.
+- `phase`: "backward" for backward nodes and for the ops autograd's engine runs, else
+  "optimizer" for the ops inside any `torch.optim.Optimizer.step` (nested steps too; a step that
+  raises ends its phase), else "forward".
 - `time_ms`: host time of the call; on CUDA kernels run asynchronously, so it is launch time
   unless the code synchronizes.
 - A custom `autograd.Function` is one row under its class name (the ops inside it folded in);
@@ -244,6 +259,7 @@ class Profile:
             "wall_ms": self._wall_ms,
             "peak_bytes": peak,
             "command": self._command,
+            "other_threads": self._recorder.other_threads_note(),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -267,10 +283,10 @@ def profile(device: str | torch.device | None = None, *, command: str = "",
     the current CUDA device if CUDA is available, else the CPU. Saved bytes, `held_bytes` and
     lifetimes cover every device either way.
 
-    Logical accounting counts a storage from the moment the profiler first sees it: an op
-    creates or reads it, a model it belongs to is first called, an optimizer holding it steps.
-    `track` (modules, optimizers, tensors) counts storages that existed before the block from
-    the start, like `MemTracker.track_external`. `command` is recorded in `meta`.
+    Logical accounting (see the module docstring for exactly what counts) already counts the
+    models that run and the optimizers that step from the block's start; `track` (modules,
+    optimizers, tensors) counts other storages that existed before the block from its start,
+    like `MemTracker.track_external`. `command` is recorded in `meta`.
     """
     device = _default_device() if device is None else torch.device(device)
     if device.type == "cuda" and device.index is None:

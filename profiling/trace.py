@@ -7,13 +7,13 @@ from typing import Any
 from profiling.tables import json_value
 
 TRACE_PID = 1
-TRACE_THREADS = {"forward": 1, "backward": 2}
-_OTHER_THREAD = 3
+TRACE_THREADS = {"forward": 1, "backward": 2, "optimizer": 3}
+_OTHER_THREAD = 4
 
 
 def chrome_trace(prof: Any) -> dict:
     """The op timeline as a Chrome trace (JSON object format) that Perfetto and chrome://tracing
-    open: one complete ("X") slice per op on a forward or backward track, with ts/dur in µs, and
+    open: one complete ("X") slice per op on its phase's track, with ts/dur in µs, and
     a counter ("C") track of live bytes after each recorded event."""
     ops, timeline = prof.ops, prof.timeline
     end_ms = dict(zip(timeline["seq"].tolist(), timeline["t_ms"].tolist(), strict=True))

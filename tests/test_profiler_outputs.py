@@ -339,7 +339,7 @@ def test_memory_plot_marks_the_peak_and_shades_the_phases():
     fig = plots.memory_figure(fake_profile())
     ax = fig.axes[0]
     assert "MiB" in ax.get_ylabel() and "seq" in ax.get_xlabel()
-    assert any(t.get_text() == "peak 160 B\n#3 SinBackward0" for t in ax.texts)
+    assert any(t.get_text() == "peak 160 B\n#3 SinBackward0, phase backward" for t in ax.texts)
     labels = ax.get_legend_handles_labels()[1]
     assert {"forward phase", "backward phase", "peak"} <= set(labels)
     live = [line for line in ax.get_lines() if line.get_label() == "live bytes after the event"]

@@ -131,3 +131,28 @@ def test_half_precision_channels_last_product(device):
     b = _layouts(device)["contiguous_4d"].half()
     _check_like_torch(torchext.mul(b, a), torch.mul(b, a))
     _check_like_torch(torchext.sin(a), torch.sin(a))
+
+
+def test_fake_kernels_give_the_strides_the_kernels_give():
+    """torch.compile plans memory from the fake kernels: they must agree with the real ones."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x = _layouts("cpu")
+    cl, contiguous, transposed = x["channels_last"], x["contiguous_4d"], x["transposed"]
+    ops = torch.ops.torchext
+    cases = [
+        (ops.sin, (cl,)),
+        (ops.cos, (transposed,)),
+        (ops.sin_backward, (cl, contiguous)),
+        (ops.cos_backward, (contiguous, cl)),
+        (ops.mul, (cl, contiguous, torch.float64)),
+        (ops.mul, (x["column"], transposed, torch.float64)),
+        (ops.mul_scalar, (transposed, 2.0, torch.float64)),
+        (ops.sub, (cl, x["channel"], 2, torch.float64)),
+        (ops.sub_scalar, (cl, 2, 1, True, torch.float64)),
+    ]
+    for op, args in cases:
+        real = op(*args)
+        with FakeTensorMode() as mode:
+            fake = op(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args))
+        assert (fake.shape, fake.stride()) == (real.shape, real.stride()), op

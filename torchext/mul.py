@@ -35,12 +35,12 @@ def _mul_scalar_op(
 
 @_mul_op.register_fake
 def _mul_fake(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    return a.new_empty(torch.broadcast_shapes(a.shape, b.shape), dtype=out_dtype)
+    return kernels.binary_output(a, b, out_dtype)  # torch's strides, as the kernel's result has
 
 
 @_mul_scalar_op.register_fake
 def _mul_scalar_fake(x: torch.Tensor, scalar, out_dtype: torch.dtype) -> torch.Tensor:
-    return x.new_empty(x.shape, dtype=out_dtype)
+    return kernels.binary_output(x, scalar, out_dtype)
 
 
 def mul_tensors(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -44,13 +44,13 @@ def _cos_backward_op(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 @_sin_op.register_fake
 @_cos_op.register_fake
 def _unary_fake(x: torch.Tensor) -> torch.Tensor:
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return kernels.unary_output(x)  # torch's strides, as the kernel's result has
 
 
 @_sin_backward_op.register_fake
 @_cos_backward_op.register_fake
 def _binary_fake(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return kernels.backward_output(grad, x)
 
 
 def _sin_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

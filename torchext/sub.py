@@ -36,12 +36,12 @@ def _sub_scalar_op(
 
 @_sub_op.register_fake
 def _sub_fake(a: torch.Tensor, b: torch.Tensor, alpha, out_dtype: torch.dtype) -> torch.Tensor:
-    return a.new_empty(torch.broadcast_shapes(a.shape, b.shape), dtype=out_dtype)
+    return kernels.binary_output(a, b, out_dtype)  # torch's strides, as the kernel's result has
 
 
 @_sub_scalar_op.register_fake
 def _sub_scalar_fake(x: torch.Tensor, scalar, alpha, scalar_first, out_dtype: torch.dtype):
-    return x.new_empty(x.shape, dtype=out_dtype)
+    return kernels.binary_output(x, scalar, out_dtype)
 
 
 def sub_tensors(
