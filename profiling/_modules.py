@@ -1,11 +1,12 @@
 """Which `nn.Module` is running: global forward hooks keep a stack of module paths.
 
-Paths are relative to the outermost module called (the root), like `state_dict` keys:
-`encoder.layers.0.linear1`. Operators that run directly in the root's own `forward` get the
-root's class name. The forward hook is registered with `always_call=True`, so a module that
-raises still pops its path. The hooks are global: calls from threads other than the profiled one
-are ignored (their modules are not this profile's, and must neither name its rows nor count in
-its memory).
+A path is the class name of the outermost module called (the root), then the submodule's name as
+in `state_dict` keys: `TinyLM.encoder.layers.0.linear1`; operators that run directly in the
+root's own `forward` get the root's class name alone. So every path under a root starts with the
+root's path and a dot, which is what a module's inclusive figures add up. The forward hook is
+registered with `always_call=True`, so a module that raises still pops its path. The hooks are
+global: calls from threads other than the profiled one are ignored (their modules are not this
+profile's, and must neither name its rows nor count in its memory).
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ class ModuleStack:
     def _path_of(self, module: nn.Module) -> str:
         path = self._paths.get(module)
         if path is None:
-            # First time seen: name it and all its submodules relative to it.
+            # First time seen: name it and all its submodules under it.
+            path = type(module).__name__
             for name, sub in module.named_modules():
                 if name and sub not in self._paths:
-                    self._paths[sub] = name
-            path = type(module).__name__
+                    self._paths[sub] = f"{path}.{name}"
             self._paths[module] = path
             if self._on_new_root is not None:
                 self._on_new_root(module)

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from profiling.graph_svg import render_graph_svg
-from profiling.tables import json_value
+from profiling.tables import json_value, module_table
 from profiling.trace import chrome_trace
 
 PROFILE_FORMAT = "torchext-profile"
@@ -72,6 +72,10 @@ class LoadedProfile:
     @property
     def ops(self) -> pd.DataFrame:
         return self._frames["ops"].copy()
+
+    @property
+    def modules(self) -> pd.DataFrame:
+        return module_table(self._frames["ops"])
 
     @property
     def lifetimes(self) -> pd.DataFrame:
@@ -148,8 +152,8 @@ def load_profile(path: str | Path) -> LoadedProfile:
 def save_profile(prof: Any, path: str | Path, top: int = 10) -> Path:
     """Write the report folder `path` (created if needed) and return it.
 
-    Files: ops.csv, lifetimes.csv, timeline.csv, leaks.csv, profile.json, summary.md,
-    trace.json, graph.dot (+ graph.svg with graphviz), memory.png, saved_by_op.png,
+    Files: ops.csv, modules.csv, lifetimes.csv, timeline.csv, leaks.csv, profile.json,
+    summary.md, trace.json, graph.dot (+ graph.svg with graphviz), memory.png, saved_by_op.png,
     saved_by_module.png and report.html; `top` rows in the summary's per-op tables.
     """
     from profiling import html, plots  # plotting is the slow import: only when saving
@@ -159,7 +163,7 @@ def save_profile(prof: Any, path: str | Path, top: int = 10) -> Path:
     saved = snapshot(prof, folder)
     payload = profile_to_json(saved)
     (folder / "profile.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    for name in ("ops", "lifetimes", "timeline"):
+    for name in ("ops", "modules", "lifetimes", "timeline"):
         getattr(saved, name).to_csv(folder / f"{name}.csv", index=False)
     saved.leaks().to_csv(folder / "leaks.csv", index=False)
     trace = json.dumps(chrome_trace(saved), separators=(",", ":"))

@@ -2,8 +2,9 @@
 and what the CLI prints on stdout (`emit`: also csv and json for machines).
 
 summary.md and report.html show the same sections (top operators by saved and by peak bytes,
-per-module totals, held bytes, leaks, saved-tensor lifetimes). The HTML page inlines its CSS and
-embeds the PNG plots as base64, so the one file can be mailed or attached anywhere; no JavaScript.
+per-module self and inclusive totals, held bytes, leaks, saved-tensor lifetimes). The HTML page
+inlines its CSS and embeds the PNG plots as base64, so the one file can be mailed or attached
+anywhere; no JavaScript.
 """
 
 from __future__ import annotations
@@ -19,19 +20,24 @@ from typing import Any
 import pandas as pd
 
 from profiling.tables import (
+    SAVED_NEW,
+    SAVED_NEW_DEFINITION,
     format_bytes,
     freed_by_node,
     json_value,
     lifetime_summary,
-    module_totals,
+    module_table,
     top_ops,
 )
 
 TABLE_COLUMNS = ["op", "phase", "calls", "saved_bytes", "saved_new_bytes", "peak_bytes",
                  "time_ms"]
+MODULE_TABLE_COLUMNS = ["module", "self_ops", "self_saved_bytes", "inclusive_saved_bytes",
+                        "self_saved_new_bytes", "inclusive_saved_new_bytes",
+                        "inclusive_peak_bytes", "self_time_ms", "inclusive_time_ms"]
 # Column names shown to people: longest first, so "saved_new_bytes" wins over "saved_bytes".
 HEADERS = (
-    ("saved_new_bytes", "saved new"), ("saved_bytes", "saved"), ("peak_bytes", "peak"),
+    ("saved_new_bytes", SAVED_NEW), ("saved_bytes", "saved"), ("peak_bytes", "peak"),
     ("output_bytes", "output"), ("held_bytes", "held"), ("live_bytes", "live"),
     ("time_ms", "time (ms)"),
 )
@@ -52,7 +58,7 @@ def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
             shown[column] = ["" if pd.isna(v) else f"{v:.3f}" for v in values]
         elif "bytes" in name:
             shown[column] = [format_bytes(v) for v in values]
-        elif name.startswith("time_ms"):
+        elif "time_ms" in name:
             shown[column] = ["" if pd.isna(v) else f"{v:.3f}" for v in values]
         elif name == "module":
             shown[column] = ["(no module)" if v == "" else str(v) for v in values]
@@ -91,7 +97,7 @@ def overview(prof: Any) -> dict[str, str]:
         "operators recorded": str(len(ops)),
         "peak memory": format_bytes(int(meta.get("peak_bytes") or peak)),
         "saved for backward": format_bytes(int(ops["saved_bytes"].sum()) if len(ops) else 0),
-        "saved, new memory": format_bytes(int(ops["saved_new_bytes"].sum()) if len(ops) else 0),
+        SAVED_NEW: format_bytes(int(ops["saved_new_bytes"].sum()) if len(ops) else 0),
         "held by live graphs after the block": format_bytes(int(prof.held_bytes)),
         "versions": ", ".join(
             f"{name} {meta[key]}"
@@ -103,20 +109,27 @@ def overview(prof: Any) -> dict[str, str]:
     return {label: text for label, text in rows.items() if text}
 
 
+MODULES_EXPLANATION = (
+    "Operators grouped by the nn.Module that ran them. Self: the operators a module ran itself; "
+    "inclusive: with those of every module under it (like cProfile's tottime and cumtime), so a "
+    "root module's inclusive row is the whole model. Peaks are the highest of any call. "
+    "'(no module)' is what ran outside every module.")
+
+
 def sections(prof: Any, top: int) -> list[tuple[str, str, pd.DataFrame]]:
     """(title, explanation, table) for each section of the summary, in order."""
     ops, lifetimes, leaks = prof.ops, prof.lifetimes, prof.leaks()
     held = format_bytes(int(prof.held_bytes))
     return [
         (f"Top {top} operators by saved bytes",
-         "Bytes of tensors each operator saved for backward, summed over its calls; "
-         "'saved new' is the part that is not a view of a tensor already alive.",
+         "Bytes of tensors each operator saved for backward, summed over its calls. "
+         + SAVED_NEW_DEFINITION,
          top_ops(ops, top, "saved_bytes")[TABLE_COLUMNS]),
         (f"Top {top} operators by peak bytes",
          "The highest allocated memory during any call of the operator.",
          top_ops(ops, top, "peak_bytes")[TABLE_COLUMNS]),
-        ("Saved bytes by module", "Operators grouped by the nn.Module that ran them.",
-         module_totals(ops)[["module", *TABLE_COLUMNS[2:]]]),
+        ("Modules: self and inclusive", MODULES_EXPLANATION,
+         module_table(ops)[MODULE_TABLE_COLUMNS]),
         ("Leaks: autograd graphs alive after the block",
          f"The live autograd graphs hold {held} after the profiled block. Each row is a graph "
          "still alive, the bytes it holds and, where found, what holds it.", leaks),
@@ -303,7 +316,7 @@ def emit(sections: list[Section], fmt: str | None, header: dict[str, str],
     out.flush()
 
 
-HEADLINES = ("operators recorded", "peak memory", "saved for backward", "saved, new memory",
+HEADLINES = ("operators recorded", "peak memory", "saved for backward", SAVED_NEW,
              "held by live graphs after the block")
 
 

@@ -6,13 +6,14 @@ plotting needs no display and leaves the caller's matplotlib backend and state a
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
 
-from profiling.tables import format_bytes, module_totals, op_totals
+from profiling.tables import SAVED_NEW, SAVED_NEW_DEFINITION, format_bytes, module_totals, op_totals
 
 MIB = 1024 * 1024
 PHASE_COLORS = {"forward": "#4C72B0", "backward": "#DD8452", "optimizer": "#55A868"}
@@ -100,7 +101,7 @@ def _saved_bars(totals: pd.DataFrame, labels: pd.Series, title: str, what: str) 
     ax.barh([r + 0.2 for r in rows], totals["saved_bytes"] / scale, height=0.4,
             color="#4C72B0", label="saved for backward")
     ax.barh([r - 0.2 for r in rows], totals["saved_new_bytes"] / scale, height=0.4,
-            color="#55A868", label="saved, new memory (not a view of a live tensor)")
+            color="#55A868", label=SAVED_NEW)
     for row, nbytes in zip(rows, totals["saved_bytes"].tolist(), strict=True):
         ax.annotate(format_bytes(nbytes), xy=(nbytes / scale, row + 0.2), xytext=(3, 0),
                     textcoords="offset points", va="center", fontsize=8)
@@ -109,6 +110,7 @@ def _saved_bars(totals: pd.DataFrame, labels: pd.Series, title: str, what: str) 
     ax.set_xlabel(f"bytes saved for backward ({unit})")
     ax.set_ylabel(what)
     ax.legend(loc="lower right", fontsize=8)
+    fig.supxlabel(textwrap.fill(SAVED_NEW_DEFINITION, 130), fontsize=7, color="#555555")
     return fig
 
 
@@ -124,7 +126,8 @@ def saved_by_module_figure(prof: Any) -> Figure:
     """Saved bytes per nn.Module path; ops outside any module under "(no module)"."""
     totals = module_totals(prof.ops)
     labels = totals["module"].astype(str).replace("", "(no module)")
-    return _saved_bars(totals, labels, "Saved bytes by module", "nn.Module")
+    return _saved_bars(totals, labels, "Saved bytes by module (self: its own operators)",
+                       "nn.Module")
 
 
 PLOTS = {

@@ -13,8 +13,10 @@ Tables are built when first read, so the block itself only pays for cheap bookke
 What the numbers mean:
 - `saved_bytes`: bytes of the storages the op's backward node saved, each storage counted once,
   by the first op that saved it (so the column sums to what the graph saves; a view shares its
-  base's storage). `saved_new_bytes`: the part that is memory the graph adds, i.e. storages
-  created inside the block that are not leaves requiring grad (parameters, inputs).
+  base's storage). `saved_new_bytes`: 'saved new' is the part of the saved bytes in storages
+  that an operator allocated inside the profiled block, leaves requiring grad excepted: the
+  memory the graph adds. Parameters, tensors made before the block and views of them are saved,
+  not saved new. (The same words as `tables.SAVED_NEW_DEFINITION`, which every output shows.)
 - `live_bytes`/`peak_bytes`: on CUDA the caching allocator's `memory_allocated` after the op
   and `max_memory_allocated` during it (peak stats are reset at each row: the profiler owns them
   while it runs). The allocator is process-wide, so these include other threads' memory;
@@ -70,6 +72,7 @@ import torch
 from ._graph import AutogradGraph, build_graph, node_first_savers
 from ._leaks import find_leaks
 from ._recorder import ROW_FIELDS, Recorder
+from .tables import module_table
 
 OPS_COLUMNS = ["seq", "op", "phase", "module", "input_shapes", "dtype", "device",
                "output_bytes", "saved_bytes", "saved_new_bytes", "live_bytes", "peak_bytes",
@@ -173,6 +176,11 @@ class Profile:
                 frame = frame.astype(_OPS_DTYPES)
             self._cache["ops"] = frame
         return self._cache["ops"]  # type: ignore[return-value]
+
+    @property
+    def modules(self) -> pd.DataFrame:
+        """One row per module path with self and inclusive figures (see `tables.module_table`)."""
+        return module_table(self.ops)
 
     @property
     def timeline(self) -> pd.DataFrame:

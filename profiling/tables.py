@@ -26,6 +26,14 @@ NODES_COLUMNS = ["node_id", "name", "module", "saved_bytes", "saved_new_bytes", 
 EDGES_COLUMNS = ["src", "dst"]
 LEAKS_COLUMNS = ["root", "held_bytes", "holder"]
 
+# What `saved_new_bytes` counts: the one wording every output (docstring, pages, plots) shows.
+SAVED_NEW = "saved new"
+SAVED_NEW_DEFINITION = (
+    "'saved new' is the part of the saved bytes in storages that an operator allocated inside "
+    "the profiled block, leaves requiring grad excepted: the memory the graph adds. Parameters, "
+    "tensors made before the block and views of them are saved, not saved new."
+)
+
 # Per-op / per-module aggregates: how each column of `prof.ops` combines over calls.
 _AGGREGATES = {
     "calls": ("seq", "count"),
@@ -80,6 +88,57 @@ def op_totals(ops: pd.DataFrame) -> pd.DataFrame:
 def module_totals(ops: pd.DataFrame) -> pd.DataFrame:
     """One row per nn.Module path ("" = outside any module), aggregated like `op_totals`."""
     return _grouped_totals(ops, ["module"])
+
+
+MODULE_FIGURES = {  # column of `prof.ops` -> how it combines over a module's op rows
+    "output_bytes": "sum", "saved_bytes": "sum", "saved_new_bytes": "sum", "peak_bytes": "max",
+    "time_ms": "sum",
+}
+MODULE_COLUMNS = ["module", "self_ops", "inclusive_ops"] + [
+    f"{kind}_{name}" for name in MODULE_FIGURES for kind in ("self", "inclusive")]
+
+
+def module_prefixes(path: str) -> list[str]:
+    """`path` and the module paths above it: "Net.blocks.0" -> ["Net", "Net.blocks", ...]."""
+    parts = path.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)] if path else [""]
+
+
+def module_table(ops: pd.DataFrame) -> pd.DataFrame:
+    """One row per module path, with self and inclusive figures (cProfile's tottime/cumtime).
+
+    `self_*` aggregates the op rows whose `module` is the path itself; `inclusive_*` those of
+    the path and every path under it ("Net" includes "Net.blocks.0.proj"), so a root module's
+    inclusive row is the whole model. Bytes and time are summed, peaks are the highest. Paths
+    above a module that ran ops (a ModuleList never called) get a row with zero self figures.
+    "" (ops outside any module) has its own row and is under no root. Rows in call order, each
+    module before the modules under it.
+    """
+    if ops.empty:
+        return pd.DataFrame(columns=MODULE_COLUMNS).astype(
+            {c: "float64" if c.endswith("time_ms") else "int64" for c in MODULE_COLUMNS[1:]})
+    own = ops.groupby("module", sort=False).agg(
+        ops=("seq", "count"), first_seq=("seq", "min"),
+        **{name: (name, how) for name, how in MODULE_FIGURES.items()})
+    paths = list(dict.fromkeys(p for module in own.index for p in module_prefixes(module)))
+    rows, first_seq = [], {}
+    for path in paths:
+        under = own[(own.index == path) | own.index.str.startswith(path + ".")] if path \
+            else own.loc[[""]]
+        first_seq[path] = int(under["first_seq"].min())
+        mine = own.loc[path] if path in own.index else None
+        row = {"module": path, "self_ops": 0 if mine is None else int(mine["ops"]),
+               "inclusive_ops": int(under["ops"].sum())}
+        for name, how in MODULE_FIGURES.items():
+            row[f"self_{name}"] = 0 if mine is None else mine[name]
+            row[f"inclusive_{name}"] = under[name].agg(how)
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=MODULE_COLUMNS)
+    order = sorted(range(len(paths)), key=lambda i: (
+        paths[i] == "", [first_seq[p] for p in module_prefixes(paths[i])], paths[i]))
+    table = table.iloc[order].reset_index(drop=True)
+    return table.astype({c: "float64" if c.endswith("time_ms") else "int64"
+                         for c in MODULE_COLUMNS[1:]})
 
 
 def top_ops(ops: pd.DataFrame, n: int, by: str = "saved_bytes") -> pd.DataFrame:

@@ -96,13 +96,14 @@ def test_module_paths_forward_and_backward():
         net(torch.randn(2, 8)).sum().backward()
     ops = prof.ops
     forward = ops[ops.phase == "forward"]
-    assert forward[forward.op == "aten::addmm"].module.tolist() == ["blocks.0.proj",
-                                                                      "blocks.1.proj"]
-    assert forward[forward.op == "aten::tanh"].module.tolist() == ["blocks.0", "blocks.1"]
+    assert forward[forward.op == "aten::addmm"].module.tolist() == ["Net.blocks.0.proj",
+                                                                      "Net.blocks.1.proj"]
+    assert forward[forward.op == "aten::tanh"].module.tolist() == ["Net.blocks.0", "Net.blocks.1"]
     assert forward[forward.op == "aten::mul.Tensor"].module.tolist() == ["Net"]
     assert forward[forward.op == "aten::sum"].module.tolist() == [""]
     backward = ops[ops.phase == "backward"]
-    assert backward[backward.op == "TanhBackward0"].module.tolist() == ["blocks.1", "blocks.0"]
+    assert backward[backward.op == "TanhBackward0"].module.tolist() == ["Net.blocks.1",
+                                                                        "Net.blocks.0"]
 
 
 def test_lifetimes_name_the_backward_node_that_freed_each_saved_tensor():

@@ -85,10 +85,10 @@ def test_mlp_saves_analytic_activation_bytes():
     assert ops.saved_new_bytes.sum() == batch * (d1 + d2) * FLOAT32
     assert prof.held_bytes == expected_saved
     relus = ops[ops.op == "aten::relu"]
-    assert relus.module.tolist() == ["1", "3"]
+    assert relus.module.tolist() == ["Sequential.1", "Sequential.3"]
     assert relus.saved_bytes.tolist() == [batch * d1 * FLOAT32, batch * d2 * FLOAT32]
     addmm = ops[ops.op == "aten::addmm"]
-    assert addmm.module.tolist() == ["0", "2", "4"]
+    assert addmm.module.tolist() == ["Sequential.0", "Sequential.2", "Sequential.4"]
     assert addmm.saved_bytes.tolist() == [batch * d0 * FLOAT32, d1 * d2 * FLOAT32,
                                           d2 * d3 * FLOAT32]
     del loss

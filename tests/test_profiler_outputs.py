@@ -38,8 +38,8 @@ from profiling.tables import (
 from profiling.trace import chrome_trace
 
 REPORT_FILES = [
-    "ops.csv", "lifetimes.csv", "timeline.csv", "leaks.csv", "profile.json", "summary.md",
-    "trace.json", "graph.dot", "memory.png", "saved_by_op.png", "saved_by_module.png",
+    "ops.csv", "modules.csv", "lifetimes.csv", "timeline.csv", "leaks.csv", "profile.json",
+    "summary.md", "trace.json", "graph.dot", "memory.png", "saved_by_op.png", "saved_by_module.png",
     "report.html",
 ]  # fmt: skip
 
@@ -272,11 +272,11 @@ def test_trace_of_a_real_profile_has_one_slice_per_op_in_order():
 def test_summary_md_has_the_tables(saved_fake):
     text = (saved_fake[1] / "summary.md").read_text()
     for heading in ("## Top 5 operators by saved bytes", "## Top 5 operators by peak bytes",
-                    "## Saved bytes by module", "## Leaks", "## Saved tensor lifetimes"):
+                    "## Modules: self and inclusive", "## Leaks", "## Saved tensor lifetimes"):
         assert heading in text
     assert "| aten::sin | forward | 3 | 96 B | 64 B | 128 B | 1.000 |" in text
     assert "| SinBackward0 | backward | 3 | 0 B | 0 B | 160 B | 3.000 |" in text
-    assert "| enc | 4 | 64 B | 32 B | 160 B | 2.750 |" in text
+    assert "| enc | 4 | 64 B | 64 B | 32 B | 32 B | 160 B | 2.750 | 2.750 |" in text
     assert "| SinBackward0 | 32 B | variable 'y' in __main__ |" in text
     assert "| freed during backward | 2 | 64 B |" in text
     assert "- **held by live graphs after the block**: 32 B" in text

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from profiling.tables import SAVED_NEW_DEFINITION
 from reports import cli, generate
 from reports.studies import STUDIES
 from torchext import examples
@@ -43,6 +44,12 @@ def test_every_page_opens_with_an_answer_and_its_files_exist(out: Path):
             assert (out / path).is_file(), path
             if path.endswith(".png"):
                 assert (out / path).stat().st_size < 300_000
+
+
+def test_pages_showing_saved_new_define_it_in_the_profilers_words(out: Path):
+    definition = " ".join(SAVED_NEW_DEFINITION.split())
+    for study in ("retain_graph", "torchext_vs_torch"):
+        assert definition in " ".join((out / f"{study}.md").read_text(encoding="utf-8").split())
 
 
 def test_index_lists_every_study_with_device_versions_and_command(out: Path):

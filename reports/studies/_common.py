@@ -113,7 +113,7 @@ def saved_bytes(prof: Profile) -> int:
 
 
 def saved_new_bytes(prof: Profile) -> int:
-    """The part of `saved_bytes` that is not a parameter or input alive anyway: activations."""
+    """Saved new bytes of the forward ops (`profiling.tables.SAVED_NEW_DEFINITION`)."""
     return int(forward_rows(prof).saved_new_bytes.sum())
 
 

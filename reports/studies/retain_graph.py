@@ -12,6 +12,8 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
+from profiling.tables import SAVED_NEW_DEFINITION
+
 from .. import models
 from .._page import MIB, Page, human_bytes, line_plot, ratio
 from ._common import (
@@ -212,7 +214,7 @@ def run(ctx: Context) -> Page:
                  "and once with `loss.backward()`; *held after* is `prof.held_bytes` read right "
                  "after the backward while `loss` is still in scope, *graph saved* is the sum "
                  "of `saved_bytes` over the forward ops (parameters included, each storage "
-                 "once), *activations* its part that is not a parameter or the input.")
+                 f"once), *activations* its `saved_new_bytes`: {SAVED_NEW_DEFINITION}")
     page.table(depth_batch, "depth_batch")
     for axis in ("depth", "batch"):
         part = depth_batch[depth_batch.sweep == axis]

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 import torchext as te
+from profiling.tables import SAVED_NEW_DEFINITION
 from torchext import examples
 
 from .. import models
@@ -143,9 +144,9 @@ def run(ctx: Context) -> Page:
     page.section("(a) The lesson's examples, on torchext ops and on torch ops",
                  "Each example from `torchext.examples` runs once as written (torchext ops) "
                  "and once with its `te` module pointed at torch's functions, under the "
-                 "profiler. *Saved* sums `saved_bytes` over the forward ops; *saved new* is the "
-                 "part that is not an input or leaf alive anyway. The tensors are the lesson's "
-                 "own (4 elements for most), so sizes are in bytes.")
+                 "profiler. *Saved* sums `saved_bytes` over the forward ops, *saved new* "
+                 f"`saved_new_bytes`: {SAVED_NEW_DEFINITION} The tensors are the lesson's own "
+                 "(4 elements for most), so sizes are in bytes.")
     page.table(totals, "examples", unit="B")
     page.text("Per op (rows of ops that are torchext Functions or saved something):")
     page.table(per_op, "examples_per_op", unit="B")
