@@ -1,15 +1,17 @@
 """The lesson's examples on torchext ops print what the lesson prints."""
 
+import pytest
 import torch
 
+from tests.conftest import assert_close
 from torchext import examples
 
 
 def test_two_x_dot_x_matches_lesson():
     out = examples.two_x_dot_x()
     assert out["y"].item() == 28.0
-    assert out["x.grad"].tolist() == [0.0, 4.0, 8.0, 12.0]
-    assert out["x.grad == 4 * x"].all()
+    assert out["x.grad"].tolist() == [0.0, 4.0, 8.0, 12.0]  # 4x, by hand
+    assert out["x.grad == 4 * x"].tolist() == [True] * 4
 
 
 def test_sum_gradient_is_ones():
@@ -26,33 +28,62 @@ def test_x_times_x_gradient_is_2x():
 def test_detach_makes_u_a_constant():
     out = examples.detach()
     assert out["u"].tolist() == [0.0, 1.0, 4.0, 9.0]
-    assert out["x.grad == u"].all()
-    assert out["x.grad == 2 * x (after y.sum().backward())"].all()
+    assert out["x.grad (of sum(u * x))"].tolist() == [0.0, 1.0, 4.0, 9.0]  # u, by hand
+    assert out["x.grad (after y.sum().backward())"].tolist() == [0.0, 2.0, 4.0, 6.0]  # 2x
+    assert out["x.grad == u"].tolist() == [True] * 4
+    assert out["x.grad == 2 * x (after y.sum().backward())"].tolist() == [True] * 4
 
 
-def test_control_flow_gradient_is_d_over_a_for_scalar_and_vector():
-    assert examples.control_flow_scalar()["a.grad == d / a"]
-    cases = ((examples.control_flow_scalar(), ()), (examples.control_flow_vector(), (10,)))
-    for out, shape in cases:
-        assert out["a"].shape == shape
-        # d / a recovers k up to one rounding per element: exact for the lesson's scalar
-        torch.testing.assert_close(out["a.grad"], out["d"] / out["a"], rtol=1e-6, atol=0)
-        # f(a) = k·a with k a power of two (times 100 on the negative branch)
-        k = out["a.grad"].flatten()[0].item()
-        assert torch.equal(out["a.grad"], torch.full(shape, k))
-        assert torch.linalg.norm(out["d"]) >= 1000 or torch.sum(out["d"]) <= 0
+def _f_on_torch(a):
+    b = a * 2
+    while b.norm() < 1000:
+        b = b * 2
+    return b if b.sum() > 0 else 100 * b
+
+
+def _control_flow_on_torch(shape):
+    """The same exercise on torch's own ops and autograd: the independent reference."""
+    a = torch.randn(shape, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    d = _f_on_torch(a)
+    d.sum().backward()
+    return a.detach(), d.detach(), a.grad
+
+
+@pytest.mark.parametrize(
+    ("example", "shape"),
+    [(examples.control_flow_scalar, ()), (examples.control_flow_vector, (10,))],
+)
+def test_control_flow_gradient_matches_torch_bit_for_bit(example, shape):
+    out = example()
+    a, d, grad = _control_flow_on_torch(shape)
+    assert torch.equal(out["a"], a)
+    assert torch.equal(out["d"], d) and torch.equal(out["a.grad"], grad)
+    # The lesson's check, element by element, is what torch's own `a.grad == d / a` gives ...
+    assert torch.equal(out["a.grad == d / a (the lesson's check)"], grad == d / a)
+    # ... and the slope the example reports is torch's gradient, in every element.
+    assert torch.equal(grad, torch.full(shape, out["slope k of the branch taken"]))
+    assert out["a.grad == k (exact check, every element)"] is True
+
+
+def test_vector_exercise_shows_the_rounding_false_and_says_why():
+    out = examples.control_flow_vector()
+    a, d, grad = _control_flow_on_torch((10,))
+    lesson_check = (grad == d / a).tolist()
+    assert lesson_check.count(False) == 1  # torch's own check has one False for this seed
+    assert out["a.grad == d / a (the lesson's check)"].tolist() == lesson_check
+    assert grad[0].item() == 51200.0 == out["slope k of the branch taken"]  # 2^9 · 100
+    assert "rounds" in out["why d / a can differ"]
+
+
+def test_branch_slope_follows_each_branch():
+    assert examples.branch_slope(torch.tensor(1.0)) == 1024.0  # 2^10 > 1000, positive
+    assert examples.branch_slope(torch.tensor(-1.0)) == 102400.0  # negative: times 100
+    assert examples.branch_slope(torch.tensor([600.0, 800.0])) == 2.0  # ‖2a‖ = 2000 at once
 
 
 def test_control_flow_f_agrees_with_the_same_code_on_torch_ops():
     a = torch.tensor([0.3, -1.2, 0.7])
-
-    def f_torch(a):
-        b = a * 2
-        while b.norm() < 1000:
-            b = b * 2
-        return b if b.sum() > 0 else 100 * b
-
-    torch.testing.assert_close(examples.f(a), f_torch(a))
+    torch.testing.assert_close(examples.f(a), _f_on_torch(a))
 
 
 def test_backward_twice_raises_and_retain_graph_accumulates():
@@ -69,10 +100,20 @@ def test_sin_derivative_is_cos_and_plot_is_saved(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_chain_rule_gradients_match_the_closed_forms():
+def test_chain_rule_gradients_match_torch_autograd():
     out = examples.chain_rule()
-    assert out["matches 2(<x,w> - y)x"]
-    assert out["matches 2X^T(Xw - y)"]
+    g = torch.Generator().manual_seed(0)  # the example's inputs, drawn the same way
+    X = torch.randn(8, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(8, generator=g, dtype=torch.float64)
+    w = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+    (grad_scalar,) = torch.autograd.grad((X[0] @ w - y[0]) ** 2, w)
+    loss = ((X @ w - y) ** 2).sum()
+    (grad,) = torch.autograd.grad(loss, w)
+    assert_close(out["grad of (<x,w> - y)^2"], grad_scalar)
+    assert_close(out["||Xw - y||^2"], loss.detach())
+    assert_close(out["grad (composed)"], grad)
+    assert_close(out["grad (fused least_squares)"], grad)
+    assert out["matches 2(<x,w> - y)x"] is True and out["matches 2X^T(Xw - y)"] is True
 
 
 def test_main_prints_every_example(tmp_path, capsys):

@@ -56,7 +56,9 @@ def detach() -> dict:
     te.sum(y).backward()
     return {
         "u": u,
+        "x.grad (of sum(u * x))": grad_of_z,
         "x.grad == u": grad_of_z == u,
+        "x.grad (after y.sum().backward())": x.grad,
         "x.grad == 2 * x (after y.sum().backward())": x.grad == 2 * x,
     }
 
@@ -73,12 +75,37 @@ def f(a: torch.Tensor) -> torch.Tensor:
     return c
 
 
+def branch_slope(a: torch.Tensor) -> float:
+    """The k of f(a) = k·a for the branch `f` takes on `a`, followed in plain Python floats.
+
+    k is 2^n (times 100 on the negative branch): exact in every float dtype, so it is what the
+    gradient of f must equal exactly, element by element.
+    """
+    b, k = a.detach().double() * 2, 2.0
+    while torch.linalg.vector_norm(b) < 1000:
+        b, k = b * 2, k * 2
+    return k if b.sum() > 0 else k * 100
+
+
 def _control_flow(shape: tuple[int, ...]) -> dict:
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(shape, generator=generator).requires_grad_()
     d = f(a)
     te.sum(d).backward()  # d.sum() is d itself for a scalar
-    return {"a": a.detach(), "d": d.detach(), "a.grad": a.grad, "a.grad == d / a": a.grad == d / a}
+    k = branch_slope(a)
+    return {
+        "a": a.detach(),
+        "d": d.detach(),
+        "a.grad": a.grad,
+        "a.grad == d / a (the lesson's check)": a.grad == d / a,
+        "slope k of the branch taken": k,
+        "a.grad == k (exact check, every element)": bool((a.grad == k).all()),
+        "why d / a can differ": (
+            "a.grad is k exactly, but d / a is float32 math: on the negative branch d = 100·b is "
+            "rounded and d / a rounds again, so an element may be one ulp off k (torch gives the "
+            "same); on the positive branch d = 2^n·a and d / a are exact"
+        ),
+    }
 
 
 def control_flow_scalar() -> dict:
