@@ -36,6 +36,10 @@ What the numbers mean:
 - `phase`: "backward" for backward nodes and for the ops autograd's engine runs, else
   "optimizer" for the ops inside any `torch.optim.Optimizer.step` (nested steps too; a step that
   raises ends its phase), else "forward".
+- Threads: a profile records the operators, modules and memory of the thread that entered it
+  (with the backward passes it starts, which autograd may run on its worker threads); another
+  thread training at the same time changes none of its rows, except, on CUDA, the allocator's
+  live and peak bytes (see above).
 - `time_ms`: host time of the call; on CUDA kernels run asynchronously, so it is launch time
   unless the code synchronizes.
 - A custom `autograd.Function` is one row under its class name (the ops inside it folded in);
