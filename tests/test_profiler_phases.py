@@ -9,6 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from profiling import profile
+from profiling.html import report_html
 from profiling.plots import PHASE_COLORS, memory_figure
 from profiling.trace import chrome_trace
 
@@ -133,7 +134,7 @@ def test_steps_through_an_lr_scheduler_are_phase_optimizer():
     assert set(ops[ops.op == "aten::addmm"].phase) == {"forward"}
 
 
-def test_optimizer_phase_in_plot_and_chrome_trace():
+def test_optimizer_phase_in_plot_chrome_trace_and_html(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(16, 16)
     optimizer = torch.optim.Adam(model.parameters())
@@ -159,3 +160,8 @@ def test_optimizer_phase_in_plot_and_chrome_trace():
     step_tids = {e["tid"] for e in slices if e["cat"] == "optimizer"}
     assert len(step_tids) == 1 and names[step_tids.pop()] == "optimizer"
     assert sum(e["cat"] == "optimizer" for e in slices) == (ops.phase == "optimizer").sum()
+
+    with profile("cpu") as step_only:
+        optimizer.step()
+    page = report_html(step_only, tmp_path, images={})
+    assert "<td>optimizer</td>" in page and "<td>forward</td>" not in page
