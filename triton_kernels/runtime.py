@@ -92,7 +92,8 @@ def _patched_by_interpreter() -> tuple[object, ...]:
     interpreter builtins and fails.
     """
     core = tl.core
-    return (tl, core, tl.math, core.tensor, core.tensor_descriptor_base)
+    patched = (tl, core, tl.math, core.tensor, getattr(core, "tensor_descriptor_base", None))
+    return tuple(obj for obj in patched if obj is not None)  # older tritons: no descriptors
 
 
 def _restore_attributes(obj: object, saved: dict[str, object]) -> None:
