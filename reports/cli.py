@@ -48,3 +48,7 @@ def subcommands() -> tuple[Callable[[Any], None], ...]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `torchext-profile`; returns the exit status."""
     return profiling_cli.main(argv, subcommands=subcommands())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
