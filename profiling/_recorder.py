@@ -51,6 +51,32 @@ ROW_FIELDS = ("seq", "op", "phase", "module", "input_shapes", "dtype", "device",
               "live_bytes", "peak_bytes", "time_ms", "t_ms")
 
 
+def _tensors_of(objects: Any) -> list[Tensor]:
+    """The tensors an object holds: a module's parameters, buffers and gradients; an optimizer's
+    parameters, gradients and state; tensors (with their gradients) nested in lists, tuples,
+    dicts."""
+    tensors: list[Tensor] = []
+    stack = list(objects)
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, Tensor):
+            tensors.append(obj)
+            # a non-leaf has a .grad only after retain_grad(); reading it otherwise warns
+            if (obj.is_leaf or obj.retains_grad) and obj.grad is not None:
+                tensors.append(obj.grad)
+        elif isinstance(obj, torch.nn.Module):
+            stack.extend(obj.parameters())
+            stack.extend(obj.buffers())
+        elif isinstance(obj, torch.optim.Optimizer):
+            stack.extend(obj.state.values())
+            stack.extend(group["params"] for group in obj.param_groups)
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+    return tensors
+
+
 def _outputs(out: Any) -> list[Tensor]:
     if isinstance(out, Tensor):
         return [out]
@@ -87,6 +113,7 @@ class Recorder:
         self.modules = ModuleStack(self.count_from_start)
         self._markers: list[bool] = []  # record_function markers open (an optimizer step?)
         self._steps = 0  # optimizer steps running (nested steps count each)
+        self._stepped: weakref.WeakSet = weakref.WeakSet()  # optimizers that stepped here
         self.unseen_cuda_bytes = 0  # allocated between this thread's rows (CUDA): not ours
         self._cuda_start_live = 0
         self.seq = -1
@@ -103,29 +130,9 @@ class Recorder:
 
     # ------------------------------------------------------------------ lifecycle
     def count_from_start(self, *objects: Any) -> None:
-        """Count storages that existed before the block from its start: modules' parameters,
-        buffers and gradients; optimizers' parameters, gradients and state; tensors (nested in
-        lists, tuples, dicts). Rows recorded before they were seen are raised by their bytes."""
-        tensors: list[Tensor] = []
-        stack = list(objects)
-        while stack:
-            obj = stack.pop()
-            if isinstance(obj, Tensor):
-                tensors.append(obj)
-                # a non-leaf has a .grad only after retain_grad(); reading it otherwise warns
-                if (obj.is_leaf or obj.retains_grad) and obj.grad is not None:
-                    tensors.append(obj.grad)
-            elif isinstance(obj, torch.nn.Module):
-                stack.extend(obj.parameters())
-                stack.extend(obj.buffers())
-            elif isinstance(obj, torch.optim.Optimizer):
-                stack.extend(obj.state.values())
-                stack.extend(group["params"] for group in obj.param_groups)
-            elif isinstance(obj, dict):
-                stack.extend(obj.values())
-            elif isinstance(obj, (list, tuple)):
-                stack.extend(obj)
-        self._raise_earlier_rows(self.storages.count_from_start(tensors))
+        """Count the storages these objects hold (see `_tensors_of`), which existed before the
+        block, from its start: rows recorded before they were seen are raised by their bytes."""
+        self._raise_earlier_rows(self.storages.count_from_start(_tensors_of(objects)))
 
     def _raise_earlier_rows(self, raised: list[tuple[int, torch.device, int]]) -> None:
         """Add each backdated storage's bytes to the live and peak bytes of the rows recorded
@@ -151,8 +158,13 @@ class Recorder:
             storages.peak[self.device] = peak
 
     def _optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if _thread_id() == self.thread:
+        if _thread_id() != self.thread:
+            return
+        if optimizer not in self._stepped:  # its first step here: what it holds is older
+            self._stepped.add(optimizer)
             self.count_from_start(optimizer)
+        else:  # state an earlier step made without an op the profiler saw (Adam's `step`)
+            self.storages.track_all(_tensors_of((optimizer,)), True)
 
     def start(self, track: tuple = ()) -> None:
         self.t0 = time.perf_counter()

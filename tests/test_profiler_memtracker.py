@@ -165,3 +165,19 @@ def test_optimizer_parameters_and_gradients_count_from_the_start_without_a_forwa
         optimizer.step()
     assert prof.ops.live_bytes.iloc[0] == expected
     assert prof.meta["peak_bytes"] >= expected
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_state_an_optimizer_creates_inside_the_block_counts_from_its_creation(foreach):
+    """Adam's first step here creates its state (the `step` counters without an op the profiler
+    sees): none of it existed at the block's start, so the first row counts the parameters only,
+    also after a second step has shown the optimizer again."""
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.Adam(model.parameters(), foreach=foreach)
+    with profile("cpu") as prof:
+        for _ in range(2):
+            model(torch.randn(2, 4)).sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    first = prof.ops.iloc[0]
+    assert first.live_bytes - first.output_bytes == _nbytes(model.parameters())
