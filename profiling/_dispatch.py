@@ -1,6 +1,8 @@
 """How the profiler sees each aten op: a `TorchDispatchMode`, and what each op is called through.
 
-Two details of running under a dispatch mode are handled here, once per operator:
+Three details of running under a dispatch mode are handled here:
+- torch.compile'd code must run compiled inside the block: the mode tells Dynamo to compile with
+  it off and run the compiled code with it on (`ignore_compile_internals`, see `_compiled`);
 - Dynamo must never trace the profiler when a compiled function runs inside the block;
 - torch's in-place foreach ops do not bump their tensors' versions under a mode (see
   `_bumping_versions`), which would silence backward's check on modified saved tensors.
@@ -54,12 +56,24 @@ def _bumping_versions(call: Any, mutated_lists: tuple[tuple[int, str], ...]) -> 
 
 class OpDispatcher(TorchDispatchMode):
     """Hands every aten op to `handle(func, args, kwargs)`, with Dynamo's frame hook off, so
-    that a compiled function running under the profiler never traces the profiler."""
+    that a compiled function running under the profiler never traces the profiler. Where the
+    torch installed cannot run compiled code under a mode, `ran_eagerly()` is called (once) when
+    an op of a compiled function runs eagerly."""
 
-    def __init__(self, handle: Callable[[Any, tuple, dict], Any]) -> None:
+    compiled_code_runs_compiled = False  # set by `_compiled` from what the torch installed does
+
+    def __init__(self, handle: Callable[[Any, tuple, dict], Any],
+                 ran_eagerly: Callable[[], None] | None = None) -> None:
         _install_dispatch_without_dynamo()
         super().__init__()
         self.handle = handle
+        self.ran_eagerly = ran_eagerly
+
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        """True: Dynamo compiles with this mode off and runs the compiled code with it on,
+        instead of skipping every frame while it is active (torch >= 2.9)."""
+        return cls.compiled_code_runs_compiled
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         return self.handle(func, args, kwargs or {})
@@ -71,6 +85,10 @@ def _dispatch_without_dynamo(self: OpDispatcher, func, types, args=(), kwargs=No
     # which every op of the block would pay.
     prior = _set_eval_frame(None)
     try:
+        if prior and self.ran_eagerly is not None and not self.compiled_code_runs_compiled:
+            # a compiled function's frame is running, eagerly since torch skipped compiling it
+            self.ran_eagerly()
+            self.ran_eagerly = None
         return self.handle(func, args, kwargs or {})
     finally:
         _set_eval_frame(prior)

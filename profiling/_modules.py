@@ -23,6 +23,10 @@ from torch.nn.modules.module import (
 )
 
 
+def _is_optimized(module: nn.Module) -> bool:
+    return type(module).__name__ == "OptimizedModule"
+
+
 class ModuleStack:
     """The path of the innermost module whose forward is running ("" outside any module)."""
 
@@ -36,6 +40,8 @@ class ModuleStack:
         self._thread = 0  # the profiled thread's ident
 
     def _path_of(self, module: nn.Module) -> str:
+        # torch.compile(model) wraps the model in an OptimizedModule: name the model itself
+        module = getattr(module, "_orig_mod", module) if _is_optimized(module) else module
         path = self._paths.get(module)
         if path is None:
             # First time seen: name it and all its submodules under it.

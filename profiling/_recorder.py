@@ -30,6 +30,7 @@ import torch
 from torch.autograd.function import Function
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from ._compiled import CompiledGraphs
 from ._dispatch import OpDispatcher, op_info
 from ._graph import NodeRegistry, is_backward_running
 from ._modules import ModuleStack
@@ -123,7 +124,8 @@ class Recorder:
         self._pending: tuple[int, str, weakref.ref] | None = None
         self._ops: dict[int, tuple[str, Any]] = {}  # id(func) -> op_info(func)
         self._handles: list[Any] = []
-        self._mode = OpDispatcher(self.on_op)
+        self.compiled = CompiledGraphs(self)
+        self._mode = OpDispatcher(self.on_op, self.compiled.ran_eagerly)
         self._saved_hooks = self.ledger.hooks()
         self._original_apply: Any = None
         self._graph_task = -1
@@ -192,6 +194,7 @@ class Recorder:
 
         apply.__wrapped__ = original  # type: ignore[attr-defined]
         Function.apply = classmethod(apply)  # type: ignore[method-assign, assignment]
+        self.compiled.start()
         self._saved_hooks.__enter__()
         self._mode.__enter__()
 
@@ -200,7 +203,7 @@ class Recorder:
         errors = []
         for undo in (lambda: self._mode.__exit__(None, None, None),
                      lambda: self._saved_hooks.__exit__(None, None, None),
-                     self.modules.stop):
+                     self.compiled.stop, self.modules.stop):
             try:
                 undo()
             except Exception as error:  # noqa: BLE001 - keep removing the rest
@@ -226,6 +229,7 @@ class Recorder:
         self.ledger.close(self.current_seq())
         self.registry.on_new_node = None
         self._mode = None  # type: ignore[assignment]
+        self.compiled.recorder = None
 
     # ------------------------------------------------------------------ shared state
     def current_seq(self) -> int:
@@ -425,6 +429,7 @@ class Recorder:
     def _hook_node(self, node: Any, node_id: int) -> None:
         if not self.stopped:
             self._handles.append(node.register_prehook(partial(self.on_node, node_id)))
+            self.compiled.name_node(node, self.registry.nodes[node_id])
 
     def on_node(self, node_id: int, grad_outputs: tuple) -> None:
         if self._pending is not None:
@@ -437,6 +442,8 @@ class Recorder:
             _queue_engine_callback(self._end_backward)
         record = self.registry.nodes[node_id]
         self.seq += 1
+        if self.compiled.nodes:
+            self.compiled.on_node_row(node_id, self.seq)
         self._reset_peak()
         row = self._open = _OpenRow(self.seq, record.name, "backward", record.module, "node",
                                     [g.shape for g in grad_outputs if g is not None],

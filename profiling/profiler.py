@@ -44,6 +44,10 @@ What the numbers mean:
   unless the code synchronizes.
 - A custom `autograd.Function` is one row under its class name (the ops inside it folded in);
   a backward node is one row from its pre-hook to the next node's (see `_recorder`).
+- torch.compile'd code runs compiled in the block: a row per compiled graph call and one per
+  its backward, `compiled` True, named `CompiledFunction[<function> <compile id>]` and
+  `CompiledFunctionBackward[...]`; `meta["compile"]` says what the report must say about it
+  (see `_compiled`: what each torch version does, what is not seen).
 - `held_bytes` and `lifetimes` follow the saved tensors themselves: a saved tensor is released
   when its graph lets it go (backward without `retain_graph`, or the graph being dropped).
 
@@ -80,14 +84,14 @@ from .tables import module_table
 
 OPS_COLUMNS = ["seq", "op", "phase", "module", "input_shapes", "dtype", "device",
                "output_bytes", "saved_bytes", "saved_new_bytes", "live_bytes", "peak_bytes",
-               "time_ms"]
+               "time_ms", "compiled"]
 LIFETIME_COLUMNS = ["storage_id", "nbytes", "saved_by", "saved_seq", "module", "freed_seq",
                     "freed_by", "freed_phase"]
 TIMELINE_COLUMNS = ["seq", "t_ms", "phase", "op", "live_bytes"]
 _OPS_DTYPES = {"seq": "int64", "output_bytes": "int64", "saved_bytes": "int64",
                "saved_new_bytes": "int64", "live_bytes": "int64", "peak_bytes": "int64",
                "time_ms": "float64", "op": "str", "phase": "str", "module": "str",
-               "input_shapes": "str", "dtype": "str", "device": "str"}
+               "input_shapes": "str", "dtype": "str", "device": "str", "compiled": "bool"}
 
 
 def _default_device() -> torch.device:
@@ -175,6 +179,8 @@ class Profile:
             columns["input_shapes"] = [_shapes_text(s) for s in columns["input_shapes"]]
             columns["dtype"] = ["" if d is None else str(d) for d in columns["dtype"]]
             columns["device"] = ["" if d is None else str(d) for d in columns["device"]]
+            compiled_rows = self._recorder.compiled.rows
+            columns["compiled"] = [seq in compiled_rows for seq in columns["seq"]]
             frame = pd.DataFrame({name: columns[name] for name in OPS_COLUMNS})
             if frame.empty:  # no values to infer the column types from
                 frame = frame.astype(_OPS_DTYPES)
@@ -272,6 +278,7 @@ class Profile:
             "peak_bytes": peak,
             "command": self._command,
             "other_threads": self._recorder.other_threads_note(),
+            "compile": self._recorder.compiled.note,
         }
 
     def save(self, path: str | Path) -> Path:

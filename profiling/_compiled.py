@@ -1,0 +1,356 @@
+"""torch.compile'd code under the profiler: it runs compiled, and each compiled graph call is a row.
+
+How, on torch >= 2.9:
+- The profiler's dispatch mode answers `ignore_compile_internals()` with True, so Dynamo no
+  longer skips every frame while it is active: it compiles with the dispatch modes off and runs
+  the compiled code with them on (torch's `TorchDispatchMode.ignore_compile_internals`).
+- While Dynamo compiles inside the block, the profiler's global hooks (module forward hooks,
+  the optimizer step hook, the `Function.apply` wrapper) are taken out, so Dynamo traces the
+  program it would trace outside the block: the same graphs and guards, no recompile. Dynamo
+  does not guard on global module hooks (`skip_nnmodule_hook_guards`), so code compiled before
+  the block runs unchanged inside it.
+- Dynamo never compiles the profiler's own frames: each code object of the package is marked
+  "skip it and what it calls" (`set_code_exec_strategy`), so a hook that fires in the eager part
+  of a compiled function (after a graph break) is not traced.
+- Rows: AOTAutograd runs each compiled graph of a training step as an `autograd.Function`, a
+  `CompiledFunction` class per graph, whose `forward` and `backward` autograd looks up on the
+  class at every call. For the block, the `forward` and `backward` of every live such class (and
+  of those compiled inside the block) are wrapped: a forward row per compiled graph call, named
+  `CompiledFunction[<function or module> <compile id>]` (Dynamo's frame/recompile id, as
+  `TORCH_LOGS` and torch.profiler print it; a graph break starts a new frame id), and the node's
+  row `CompiledFunctionBackward[...]`. Its saved tensors go through `ctx.save_for_backward`, so
+  the profiler's saved-tensor hooks count them, each storage once, as for eager ops.
+
+torch 2.4 to 2.8 have no `ignore_compile_internals`: Dynamo skips every frame while a dispatch
+mode is active, so compiled code runs eagerly inside the block (and before torch 2.13 a frame
+first called there stays uncompiled afterwards). The profiler then warns once, in the terminal
+and in the report (`meta["compile"]`), the first time compiled code runs eagerly in a block.
+
+Limits: a graph that needs no gradient (inputs without requires_grad, `torch.no_grad()`) is run
+by AOTAutograd without `CompiledFunction`, and a backend that does not use AOTAutograd (`eager`,
+a backend returning `gm.forward`) runs Dynamo's graph as aten ops: those ops keep their own
+rows (`compiled` False). On the CPU, Inductor allocates its buffers without the dispatcher
+(`empty_strided_cpu`): a compiled row's live and peak bytes count the storages it was given,
+returned and saved, not the scratch buffers it freed inside (on CUDA the allocator sees all).
+Tensors an `autograd.Function` inside a graph keeps as `ctx` attributes (AOTAutograd's
+`_tensors_no_vc_check`) are not counted as saved, as in eager.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+import warnings
+import weakref
+from threading import get_ident as _thread
+from typing import Any
+
+import torch
+from torch.autograd.function import Function
+
+from ._dispatch import OpDispatcher
+from ._storage import NO_STORAGE, tensors_in
+
+_GLOBAL_HOOK_WARNING = "Using `torch.compile(module)` when there are global hooks"
+_CALLS_USER_CODE = {"apply"}  # the Function.apply wrapper runs the user's forward
+_marked_modules: set[str] = set()
+_warned_eager = False
+
+
+def compiled_code_support() -> str:
+    """"" when torch.compile'd code can run compiled under the profiler, else why not."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    if not hasattr(TorchDispatchMode, "ignore_compile_internals"):
+        return (f"torch {torch.__version__} skips compiling every frame while a dispatch mode "
+                "is active (TorchDispatchMode.ignore_compile_internals needs torch >= 2.9)")
+    try:
+        from torch._C._dynamo.eval_frame import set_code_exec_strategy  # noqa: F401
+        from torch._dynamo import callback_handler  # noqa: F401
+        from torch._dynamo.types import FrameAction, FrameExecStrategy  # noqa: F401
+    except Exception as error:  # noqa: BLE001 - any missing piece: compiled code runs eagerly
+        return f"torch {torch.__version__} lacks a Dynamo hook the profiler needs ({error})"
+    return ""
+
+
+def _codes(module: types.ModuleType) -> list[types.CodeType]:
+    """Every code object defined in `module`: functions, methods, and the ones nested in them."""
+    roots: list[Any] = []
+    for value in vars(module).values():
+        if getattr(value, "__module__", None) != module.__name__:
+            continue
+        if isinstance(value, type):
+            for member in vars(value).values():
+                member = getattr(member, "__func__", member)  # staticmethod, classmethod
+                if isinstance(member, property):
+                    roots.extend(f for f in (member.fget, member.fset) if f is not None)
+                elif isinstance(member, types.FunctionType):
+                    roots.append(member)
+        elif isinstance(value, types.FunctionType):
+            roots.append(value)
+    codes, stack = [], [f.__code__ for f in roots]
+    while stack:
+        code = stack.pop()
+        codes.append(code)
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return codes
+
+
+def keep_dynamo_out() -> None:
+    """Mark the profiler's code objects so that Dynamo never compiles them, nor what they call
+    (the `Function.apply` wrapper only skips itself: it calls the user's forward)."""
+    from torch._C._dynamo.eval_frame import set_code_exec_strategy
+    from torch._dynamo.types import FrameAction, FrameExecStrategy
+
+    skip_all = FrameExecStrategy(FrameAction.SKIP, FrameAction.SKIP)
+    skip_self = FrameExecStrategy(FrameAction.SKIP, FrameAction.DEFAULT)
+    package = __name__.rpartition(".")[0]
+    for name, module in list(sys.modules.items()):
+        if name in _marked_modules or not (name == package or name.startswith(package + ".")):
+            continue
+        if module is None or name.endswith(("._launch", ".cli")):  # they run the user's script
+            continue
+        _marked_modules.add(name)
+        for code in _codes(module):
+            set_code_exec_strategy(code, skip_self if code.co_name in _CALLS_USER_CODE
+                                   else skip_all)
+
+
+def _is_compiled_function(cls: type) -> bool:
+    return cls.__name__ == "CompiledFunction" and cls.__module__.startswith("torch._functorch")
+
+
+def _graph_name(frame: types.FrameType | None) -> tuple[str, str]:
+    """(name, module class) of the compiled graph that the Dynamo frame above `frame` runs:
+    its function's qualified name (the module's class for torch's own wrappers, e.g. of
+    `module.compile()`) and Dynamo's compile id."""
+    from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
+    from torch._dynamo.utils import orig_code_map
+
+    while frame is not None and orig_code_map.get(frame.f_code) is None:
+        frame = frame.f_back
+    if frame is None:
+        return "graph", ""
+    original = orig_code_map.get(frame.f_code)
+    compile_id = next((str(entry.compile_id) for entry in _debug_get_cache_entry_list(original)
+                       if entry.code is frame.f_code), "?")
+    name = getattr(original, "co_qualname", original.co_name)
+    module_class = ""
+    if original.co_filename.startswith(_TORCH_DIR):  # Module._call_impl, wrap_inline's inner
+        names = frame.f_locals
+        try:
+            owner = next((v for k, v in names.items() if k in ("self", "fn", "mod")
+                          and isinstance(v, torch.nn.Module)), None)
+        finally:
+            if sys.version_info < (3, 13):
+                names.clear()  # the snapshot would keep the frame's locals alive
+        if owner is not None:
+            module_class = name = type(owner).__name__
+    return f"{name} {compile_id}", module_class
+
+
+_TORCH_DIR = torch.__file__.rpartition("/")[0] + "/"
+
+
+class CompiledGraphs:
+    """The block's view of compiled code: hooks out of Dynamo's way, a row per graph call."""
+
+    def __init__(self, recorder: Any) -> None:
+        self.recorder = recorder
+        self.rows: set[int] = set()  # seq of every compiled row
+        self.nodes: set[int] = set()  # node ids of the compiled graphs' backward nodes
+        self.note = ""  # what the report says about compiled code ("" when nothing to say)
+        self.calls = 0
+        self.support = ""
+        self._wrapped: dict[type, tuple[Any, Any]] = {}  # class -> its own forward, backward
+        self._names: weakref.WeakKeyDictionary[type, tuple[str, str]] = (
+            weakref.WeakKeyDictionary())
+        self._hidden: list[tuple[dict, int, Any]] = []
+        self._apply_in_block: Any = None
+        self._filter: tuple | None = None
+        self._started = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.support = compiled_code_support()
+        OpDispatcher.compiled_code_runs_compiled = not self.support
+        if self.support:
+            return
+        from torch._dynamo import callback_handler
+
+        keep_dynamo_out()
+        # torch warns at each call of a torch.compile(module) that global module hooks exist
+        warnings.filterwarnings("ignore", message=re.escape(_GLOBAL_HOOK_WARNING),
+                                category=UserWarning)
+        self._filter = warnings.filters[0]
+        callback_handler.register_start_callback(self._compile_started)
+        callback_handler.register_end_callback(self._compile_ended)
+        self._started = True
+        self._wrap_new_classes()
+
+    def stop(self) -> None:
+        """Undo everything `start` did (also after a failure in the block)."""
+        if not self._started:
+            return
+        self._started = False
+        from torch._dynamo import callback_handler
+
+        for remove, callback in ((callback_handler.remove_start_callback, self._compile_started),
+                                 (callback_handler.remove_end_callback, self._compile_ended)):
+            try:
+                remove(callback)
+            except ValueError:
+                pass  # torch._dynamo.reset() cleared the callbacks already
+        self._restore_hidden()
+        for cls, (forward, backward) in self._wrapped.items():
+            cls.forward, cls.backward = forward, backward
+        self._wrapped.clear()
+        if self._filter in warnings.filters:
+            warnings.filters.remove(self._filter)
+            warnings._filters_mutated()  # type: ignore[attr-defined]
+        if self.calls:
+            self.note = (f"{self.calls} compiled graph calls recorded (rows with compiled=True); "
+                         "eager parts of graphs with breaks have per-op rows")
+
+    def ran_eagerly(self) -> None:
+        """The dispatch mode saw an op of a torch.compile'd function that runs eagerly because
+        this torch cannot compile under the profiler (called once per profile)."""
+        global _warned_eager
+        self.note = (f"torch.compile'd code ran EAGERLY in this profile: {self.support}; its rows "
+                     "are eager operators, not the compiled graphs")
+        if not _warned_eager:
+            _warned_eager = True
+            warnings.warn(f"profiling: {self.note}", RuntimeWarning, stacklevel=3)
+
+    # ------------------------------------------------------------------ while Dynamo compiles
+    def _compile_started(self, args: Any) -> None:
+        """Take the profiler's global hooks out of Dynamo's sight while it traces."""
+        recorder = self.recorder
+        owners = (recorder, recorder.modules)
+        from torch.nn.modules import module as nn_module
+        from torch.optim import optimizer
+
+        for hooks in (nn_module._global_forward_pre_hooks, nn_module._global_forward_hooks,
+                      optimizer._global_optimizer_pre_hooks):
+            for key, hook in list(hooks.items()):
+                if getattr(hook, "__self__", None) in owners:
+                    self._hidden.append((hooks, key, hooks.pop(key)))
+        current = Function.__dict__["apply"]
+        if current is not recorder._original_apply:
+            self._apply_in_block = current
+            Function.apply = recorder._original_apply  # type: ignore[method-assign]
+
+    def _compile_ended(self, args: Any) -> None:
+        self._restore_hidden()
+        self._wrap_new_classes()
+
+    def _restore_hidden(self) -> None:
+        for hooks, key, hook in self._hidden:
+            hooks[key] = hook
+        self._hidden.clear()
+        if self._apply_in_block is not None:
+            Function.apply = self._apply_in_block  # type: ignore[method-assign]
+            self._apply_in_block = None
+
+    # ------------------------------------------------------------------ compiled graph rows
+    def _wrap_new_classes(self) -> None:
+        for cls in Function.__subclasses__():
+            if cls not in self._wrapped and _is_compiled_function(cls):
+                forward, backward = cls.__dict__["forward"], cls.__dict__["backward"]
+                self._wrapped[cls] = (forward, backward)
+                cls.forward = staticmethod(self._forward_of(cls, forward.__func__))
+                cls.backward = staticmethod(self._backward_of(backward.__func__))
+
+    def _forward_of(self, cls: type, forward: Any) -> Any:
+        recorder, graphs = self.recorder, self
+
+        def compiled_forward(ctx, *args):  # noqa: ANN001, ANN202
+            if recorder.stopped or recorder.thread != _thread():  # not this profile's
+                return forward(ctx, *args)
+            name = graphs._names.get(cls)
+            if name is None:
+                name = graphs._names[cls] = _graph_name(sys._getframe(1))
+            row = recorder.enter_function(cls, args)
+            # storages seen from here on were made by the graph (ids only grow)
+            first_id = next(recorder.storages._ids)
+            outputs = None
+            try:
+                outputs = forward(ctx, *args)
+            finally:
+                graphs._close_forward(row, name, ctx, outputs, first_id)
+            return outputs
+
+        return compiled_forward
+
+    def _close_forward(self, row: Any, name: tuple[str, str], ctx: Any, outputs: Any,
+                       first_id: int) -> None:
+        """Close the graph's row (`row` None: folded into the row open around it)."""
+        recorder = self.recorder
+        storages = recorder.storages
+        # What the graph made: its outputs and what it saves (packed after forward returns).
+        # Storages not seen before were allocated inside the graph; so were those first seen
+        # inside it as the `out=` buffer of an extern kernel (Inductor allocates it unseen).
+        returned = tensors_in(outputs if isinstance(outputs, (tuple, list)) else (outputs,))
+        saved = tensors_in(getattr(ctx, "to_save", None) or ())
+        saved += tensors_in(getattr(ctx, "_tensors_no_vc_check", None) or ())
+        made = 0
+        for tensor in returned + saved:
+            try:
+                storage = tensor.untyped_storage()
+            except NO_STORAGE:
+                continue
+            ref = storages.refs.get(storage._cdata)
+            if ref is None:
+                made += storages.add(storage, storage._cdata, True).nbytes
+            elif ref.storage_id > first_id and not ref.created_in_block:
+                ref.created_in_block = True
+                made += ref.nbytes
+        if row is None:
+            if recorder._open is not None:
+                recorder._open.output_bytes += made
+            return
+        row.op = f"CompiledFunction[{name[0]}]"
+        if not row.module:
+            row.module = name[1]
+        row.output_bytes += made
+        self.rows.add(row.seq)
+        self.calls += 1
+        recorder.exit_function(row, outputs)
+        if returned:  # forward runs without grad: point the recorder at the node it makes
+            recorder._pending = (row.seq, row.module, weakref.ref(returned[0]))
+
+    def _backward_of(self, backward: Any) -> Any:
+        recorder = self.recorder
+
+        def compiled_backward(ctx, *grads):  # noqa: ANN001, ANN202
+            grads_in = backward(ctx, *grads)
+            row = recorder._open
+            if row is not None and row.kind == "node" and not recorder.stopped:
+                row.output_bytes += recorder.storages.track_all(
+                    tensors_in(grads_in if isinstance(grads_in, (tuple, list)) else (grads_in,)),
+                    True)
+                live = recorder._live()
+                if live > row.peak:
+                    row.peak = live
+            return grads_in
+
+        return compiled_backward
+
+    def name_node(self, node: Any, record: Any) -> None:
+        """Name a CompiledFunctionBackward node after its graph, and remember it."""
+        cls = getattr(type(node), "_forward_cls", None)
+        if cls is None or cls not in self._wrapped:
+            return
+        name = self._names.get(cls)
+        record.name = f"CompiledFunctionBackward[{name[0] if name else 'graph'}]"
+        if name and not record.module:
+            record.module = name[1]
+        self.nodes.add(record.node_id)
+
+    def on_node_row(self, node_id: int, seq: int) -> None:
+        """A backward node's row opened: a compiled graph's backward is a compiled row."""
+        if node_id in self.nodes:
+            self.rows.add(seq)
+            self.calls += 1
+
