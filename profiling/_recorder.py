@@ -293,7 +293,7 @@ class Recorder:
         self.seq = seq = self.seq + 1
         cuda = self.cuda
         if cuda:
-            self._check_unseen_cuda_bytes()
+            self._check_unseen_cuda_bytes(inputs)
             torch.cuda.reset_peak_memory_stats(self.device)
         start = _perf_counter()
         out = call(*args, **kwargs)
@@ -347,12 +347,27 @@ class Recorder:
             self._steps -= self._markers.pop()
         return out
 
-    def _check_unseen_cuda_bytes(self) -> None:
-        """Between two of this thread's rows only frees happen in this thread; memory the
+    def _check_unseen_cuda_bytes(self, inputs: list[Tensor]) -> None:
+        """Between two of this thread's rows, this thread allocates only what no op shows the
+        profiler (e.g. `torch.tensor(data, device="cuda")` copies its data before the op
+        `lift_fresh` sees it): the inputs seen for the first time now. Anything else the
         process-wide allocator gained meanwhile was allocated by another thread (or by code
         that bypasses the dispatcher)."""
         before = self.rows[-1][8] if self.rows else self._cuda_start_live
         now = torch.cuda.memory_allocated(self.device)
+        if now <= before:
+            return
+        rows_now, refs = len(self.rows), self.storages.refs
+        fresh = {}
+        for tensor in inputs:
+            try:
+                ref = refs.get(tensor.untyped_storage()._cdata)
+            except NO_STORAGE:
+                continue
+            if ref is not None and ref.rows_before == rows_now and not ref.created_in_block \
+                    and not ref.from_start and ref.device == self.device:
+                fresh[ref.address] = -(-ref.nbytes // 512) * 512  # the allocator's 512-B blocks
+        now -= sum(fresh.values())
         if now > before:
             self.unseen_cuda_bytes += now - before
 
@@ -391,7 +406,7 @@ class Recorder:
         inputs = tensors_in(args)
         self.storages.track_all(inputs, False)
         if self.cuda:
-            self._check_unseen_cuda_bytes()
+            self._check_unseen_cuda_bytes(inputs)
         self._reset_peak()
         phase = "backward" if backward else "optimizer" if self._steps else "forward"
         row = _OpenRow(self.seq, cls.__name__, phase,

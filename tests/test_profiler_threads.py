@@ -156,9 +156,14 @@ def test_a_profile_in_a_worker_thread_sees_only_that_thread():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_report_says_when_another_thread_allocated_during_the_block():
     device = torch.device("cuda", torch.cuda.current_device())
-    x = torch.randn(1024, device=device)
-    with profile(device) as prof:
-        (x * 2).sum()
+    model = torch.nn.Linear(64, 64).to(device)
+    optimizer = torch.optim.Adam(model.parameters())
+    x = torch.randn(32, 64, device=device)
+    with profile(device) as prof:  # alone: a step (backward on autograd's CUDA thread), and
+        # a tensor made from data, which is copied to the GPU before any op shows it
+        model(x).square().mean().backward()
+        optimizer.step()
+        (torch.tensor([1.0, 2.0], device=device) * 2).sum()
     assert prof.meta["other_threads"] == ""
 
     kept: list[torch.Tensor] = []
