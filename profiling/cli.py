@@ -195,6 +195,11 @@ def run_command(args: argparse.Namespace) -> int:
     if not target:
         raise CliError("run: give a script (run script.py [args]) or a module (run -m module)")
     note_options_after_script(args, target)
+    from profiling.distributed import rank_from_env
+    from profiling.distributed import run_command as run_job
+
+    if args.nproc_per_node is not None or rank_from_env() is not None:  # a torchrun job
+        return run_job(args, ["-m"] * args.module + target)
     name, target_args = target[0], target[1:]
     folder = out_folder(args.out)
     if args.module:
@@ -226,6 +231,9 @@ def add_run_command(subparsers: Any) -> None:
     )
     parser.add_argument("-m", dest="module", action="store_true",
                         help="run a library module as a script, as python -m does")
+    parser.add_argument("--nproc-per-node", type=positive_int, default=None, metavar="N",
+                        help="run N ranks through torch.distributed.run: DIR/rank{R}/ per rank, "
+                        "a job summary in DIR (see profiling.distributed)")
     parser.add_argument("target", nargs=argparse.REMAINDER, metavar="script.py | module [args]",
                         help="what to run and the arguments it gets")
     parser.set_defaults(handler=run_command, own_options=_options_taking_values(parser))
@@ -263,7 +271,10 @@ def load_saved_profile(path: str) -> Any:
 
 def compare_command(args: argparse.Namespace) -> int:
     from profiling.compare import compare_profiles, comparison_sections, save_comparison
+    from profiling.distributed import compare_jobs_command, is_job_folder
 
+    if is_job_folder(args.a) or is_job_folder(args.b):  # torchrun jobs: rank{R}/ folders
+        return compare_jobs_command(args)
     profiles = [load_saved_profile(path) for path in (args.a, args.b)]
     folder = out_folder(args.out)
     comparison = compare_profiles(*profiles)
