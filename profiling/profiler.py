@@ -80,6 +80,7 @@ import torch
 from ._graph import AutogradGraph, build_graph, node_first_savers
 from ._leaks import find_leaks
 from ._recorder import ROW_FIELDS, Recorder
+from .distributed import RankRecorder, collectives_frame, rank_from_env, rank_meta, save_rank
 from .tables import module_table
 
 OPS_COLUMNS = ["seq", "op", "phase", "module", "input_shapes", "dtype", "device",
@@ -115,6 +116,7 @@ class Profile:
         self._wall_ms = 0.0
         self._cache: dict[str, object] = {}
         self.error: BaseException | None = None
+        self._rank_recorder: RankRecorder | None = None  # under torchrun (profiling.distributed)
 
     # ------------------------------------------------------------------ context manager
     def __enter__(self) -> Profile:
@@ -122,16 +124,24 @@ class Profile:
             raise RuntimeError("profile: a Profile can only be entered once")
         self._started_at = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
         self._start = time.perf_counter()
+        rank = rank_from_env()
         self._recorder.start(self._track)
+        if rank is not None:
+            self._rank_recorder = RankRecorder(self._recorder, rank)
+            self._rank_recorder.start()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.error = exc
         try:
-            self._recorder.stop()
+            if self._rank_recorder is not None:
+                self._rank_recorder.stop()  # its dispatch mode sits above the recorder's
         finally:
-            self._wall_ms = (time.perf_counter() - self._start) * 1e3
+            try:
+                self._recorder.stop()
+            finally:
+                self._wall_ms = (time.perf_counter() - self._start) * 1e3
         # returning None lets an exception from the block propagate
 
     # ------------------------------------------------------------------ attribution
@@ -277,15 +287,35 @@ class Profile:
             "wall_ms": self._wall_ms,
             "peak_bytes": peak,
             "command": self._command,
+            **rank_meta(self._rank_recorder, self._wall_ms),
             "other_threads": self._recorder.other_threads_note(),
             "compile": self._recorder.compiled.note,
         }
 
+    @property
+    def collectives(self) -> pd.DataFrame:
+        """Under torchrun, one row per collective this rank issued (`profiling.distributed`)."""
+        return collectives_frame(self._rank_recorder)
+
     def save(self, path: str | Path) -> Path:
-        """Write the report folder (CSV, JSON, Markdown, plots); see `profiling.export`."""
+        """Write the report folder (CSV, JSON, Markdown, plots); see `profiling.export`.
+        Under torchrun: `path/rank{R}/`, and the job summary in `path`."""
         from .export import save_profile
 
+        if self._rank_recorder is not None:
+            return save_rank(self, path)
         return save_profile(self, path)
+
+    def _repr_html_(self) -> str | None:
+        """The summary in a notebook (`profiling.magic.profile_html`); none while recording."""
+        from .magic import profile_html
+
+        return profile_html(self) if self._recorder.stopped else None
+
+    def _repr_markdown_(self) -> str | None:
+        from .magic import profile_markdown
+
+        return profile_markdown(self) if self._recorder.stopped else None
 
     def __repr__(self) -> str:
         state = "finished" if self._recorder.stopped else "recording"
