@@ -3,14 +3,14 @@
 The commands are read from README.md's ```bash blocks each run (a command added to README is
 picked up by itself), and each must match one of `RULES`, which says how to run it: as it is,
 on a reduced size, only with CUDA, or not at all, with the reason. A command no rule matches
-fails the test: add a rule rather than let it go unrun. Inline code that names one of our
-commands (`torchext-profile ...`, `python -m profiling ...`) must be one of the block commands or
-the start of one, so that no command is shown without being run.
+fails the test: add a rule rather than let it go unrun. Inline code that is a command (ours:
+`torchext-profile ...`, `python -m profiling ...`; `pip install ...`, `torchrun ...`) must be one
+of the block commands or the start of one, so that no command is shown without being run.
 
 The commands run in README's order in one working folder holding `train.py`, the stand-in for
 "your script" (a small MLP trained with argparse options, so that an option of ours given to
-it fails as it would in a real script); a later command may read what an earlier one wrote
-(`compare out/a out/b`), so run the whole file, not one command alone.
+it fails as it would in a real script; data-parallel under torchrun); a later command may read
+what an earlier one wrote (`compare out/a out/b`), so run the whole file, not one command alone.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ OUR_MODULES = ("profiling", "torchext", "reports", "benchmarks", "triton_kernels
 
 TRAIN_PY = """\
 import argparse
+import os
 
 import torch
 
@@ -43,6 +44,9 @@ args = parser.parse_args()
 
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+if "WORLD_SIZE" in os.environ:  # started by torchrun: data-parallel over the ranks
+    torch.distributed.init_process_group("gloo")
+    model = torch.nn.parallel.DistributedDataParallel(model)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 x, y = torch.randn(4 * args.batch_size, 32), torch.randint(0, 10, (4 * args.batch_size,))
 for epoch in range(args.epochs):
@@ -52,6 +56,8 @@ for epoch in range(args.epochs):
         loss.backward()
         optimizer.step()
     print(f"epoch {epoch}: loss {loss.item():.3f}")
+if torch.distributed.is_initialized():
+    torch.distributed.destroy_process_group()
 """
 
 
@@ -90,8 +96,12 @@ RULES = (
          reason="the default size takes minutes on a CPU: one repetition of a tiny layer",
          extra_args=("--repeats", "1", "--warmup", "0", "--d-model", "16", "--nhead", "2",
                      "--dim-feedforward", "32", "--batch", "2", "--seq", "4")),
+    Rule(r'pip install "\.\[notebook\]"', skip=True,
+         reason="installs the notebook extra into this environment; tests/test_notebook.py "
+         "runs the notebook where the extra is installed"),
     Rule(r"torchext-profile .*"),
     Rule(r"python -m profiling .*"),
+    Rule(r"torchrun .*"),
 )
 
 
@@ -116,12 +126,14 @@ def rule_for(command: str) -> Rule:
 
 
 def inline_commands(text: str) -> list[str]:
-    """Inline code outside the blocks that names one of our commands."""
+    """Inline code outside the blocks that is a command: ours (`torchext-profile ...`, `python
+    -m profiling ...`), an install or a torchrun."""
     prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
-    spans = re.findall(r"`([^`\n]+)`", prose)
+    spans = re.findall(r"`([^`\n]+)`", prose.replace("\n", " "))
     modules = "|".join(OUR_MODULES)
     return [span for span in spans
-            if re.match(rf"(torchext-profile|python -m ({modules})\b)", span)]
+            if re.match(rf"(torchext-profile|python -m ({modules})\b|pip install|torchrun) \S",
+                        span)]
 
 
 COMMANDS = readme_commands(README.read_text(encoding="utf-8"))
