@@ -7,9 +7,20 @@ Works on any PyTorch code (CPU and CUDA); it does not depend on torchext.
         loss = model(x).sum()
         loss.backward(retain_graph=True)
     prof.ops, prof.graph, prof.held_bytes, prof.lifetimes, prof.leaks(), prof.save("out/run")
+
+In Jupyter, `%load_ext profiling` adds the `%%memprofile` cell magic (`profiling.magic`).
 """
+
+from typing import Any
 
 from ._graph import AutogradGraph
 from .profiler import Profile, profile
 
 __all__ = ["AutogradGraph", "Profile", "profile"]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """`%load_ext profiling`: registers the `%%memprofile` cell magic (see `profiling.magic`)."""
+    from .magic import load_ipython_extension as load
+
+    load(ipython)
