@@ -32,6 +32,7 @@ from profiling.tables import (
 
 TABLE_COLUMNS = ["op", "phase", "calls", "saved_bytes", "saved_new_bytes", "peak_bytes",
                  "time_ms"]
+LEAK_TABLE_COLUMNS = ["root", "held_bytes", "shared_bytes", "holder", "message"]
 MODULE_TABLE_COLUMNS = ["module", "self_ops", "self_saved_bytes", "inclusive_saved_bytes",
                         "self_saved_new_bytes", "inclusive_saved_new_bytes",
                         "inclusive_peak_bytes", "self_time_ms", "inclusive_time_ms"]
@@ -133,7 +134,10 @@ def sections(prof: Any, top: int) -> list[tuple[str, str, pd.DataFrame]]:
          module_table(ops)[MODULE_TABLE_COLUMNS]),
         ("Leaks: autograd graphs alive after the block",
          f"The live autograd graphs hold {held} after the profiled block. Each row is a graph "
-         "still alive, the bytes it holds and, where found, what holds it.", leaks),
+         "still alive: the bytes only it holds (the rows add up to the held bytes), the bytes "
+         "it shares with an earlier row (counted there), what holds it and, when the graph "
+         "spans several forward calls of a module, why and the fix.",
+         leaks[[c for c in LEAK_TABLE_COLUMNS if c in leaks.columns]]),
         ("Saved tensor lifetimes",
          "When each saved tensor storage was freed: during backward (node by node), after it, "
          "or not at all.", lifetime_summary(lifetimes)),
@@ -329,7 +333,8 @@ def emit_profile(prof: Any, fmt: str | None, top: int, saved: Path) -> None:
                 Section("top_by_peak", f"Top {top} operators by peak bytes",
                         top_ops(ops, top, "peak_bytes")[TABLE_COLUMNS])]
     if len(leaks):
-        sections.append(Section("leaks", "Autograd graphs alive after the run", leaks))
+        sections.append(Section("leaks", "Autograd graphs alive after the run", leaks,
+                                leaks[[c for c in LEAK_TABLE_COLUMNS if c in leaks.columns]]))
     numbers = overview(prof)
     header = {k: numbers[k] for k in HEADLINES if k in numbers}
     extra = {"out": str(saved), "meta": {k: json_value(v) for k, v in prof.meta.items()},

@@ -256,10 +256,12 @@ class Profile:
         return registry.held_bytes(registry.reachable(node_id))
 
     def leaks(self) -> pd.DataFrame:
-        """Graphs still alive that hold saved tensors: root node, bytes held, and what holds
-        the root (a variable found in the calling frames, or "" when not found)."""
+        """Graphs still alive that hold saved tensors, largest first: root node, the bytes only
+        it holds (rows add up to `held_bytes`), bytes shared with an earlier row, what holds it
+        (`hidden[0]` in a local or global of the calling frames, with its line), and a message
+        when the graph spans several forward calls (an undetached carried state); see `_leaks`."""
         self._check_finished()
-        return find_leaks(self._recorder.registry, skip_frames=1)
+        return find_leaks(self._recorder.registry, self.ops, skip_frames=1)
 
     @property
     def meta(self) -> dict:

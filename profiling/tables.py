@@ -24,7 +24,7 @@ LIFETIMES_COLUMNS = [
 TIMELINE_COLUMNS = ["seq", "t_ms", "phase", "op", "live_bytes"]
 NODES_COLUMNS = ["node_id", "name", "module", "saved_bytes", "saved_new_bytes", "alive"]
 EDGES_COLUMNS = ["src", "dst"]
-LEAKS_COLUMNS = ["root", "held_bytes", "holder"]
+LEAKS_COLUMNS = ["root", "held_bytes", "shared_bytes", "holder", "name", "line", "message"]
 
 # What `saved_new_bytes` counts: the one wording every output (docstring, pages, plots) shows.
 SAVED_NEW = "saved new"

@@ -25,6 +25,7 @@ from profiling import html, plots
 from profiling.compare import compare_profiles, save_comparison
 from profiling.export import load_profile, save_profile
 from profiling.tables import (
+    LEAKS_COLUMNS,
     LIFETIMES_COLUMNS,
     OPS_COLUMNS,
     TIMELINE_COLUMNS,
@@ -65,8 +66,8 @@ class FakeProfile:
         self.lifetimes = pd.DataFrame(list(lifetimes), columns=LIFETIMES_COLUMNS).astype(
             {"storage_id": "int64", "nbytes": "int64", "saved_seq": "int64",
              "freed_seq": "Int64"})
-        self._leaks = pd.DataFrame(list(leaks), columns=["root", "held_bytes", "holder"]).astype(
-            {"held_bytes": "int64"})
+        self._leaks = pd.DataFrame(list(leaks), columns=LEAKS_COLUMNS).astype(
+            {"held_bytes": "int64", "shared_bytes": "int64", "line": "Int64"})
         self.held_bytes = held_bytes
         nodes = pd.DataFrame(
             [(0, "SinBackward0", "enc", 32, 0, True), (1, "SinBackward0", "", 32, 32, False)],
@@ -101,7 +102,7 @@ def fake_profile() -> FakeProfile:
         (1, 32, "aten::sin", 1, "enc", 4, "SinBackward0", "backward"),
         (2, 32, "aten::sin", 2, "", 3, "SinBackward0", "backward"),
     ]
-    leaks = [("SinBackward0", 32, "variable 'y' in __main__")]
+    leaks = [("SinBackward0", 32, 0, "global 'y' in module __main__ (run.py:3)", "y", 3, "")]
     return FakeProfile(sin_chain_rows(), lifetimes, leaks, held_bytes=32)
 
 
@@ -164,9 +165,11 @@ def test_csv_files_have_the_contract_columns_and_values(saved_fake):
     assert ops["module"].tolist() == prof.ops["module"].tolist()
     assert list(pd.read_csv(folder / "lifetimes.csv").columns) == LIFETIMES_COLUMNS
     assert list(pd.read_csv(folder / "timeline.csv").columns) == TIMELINE_COLUMNS
-    leaks = pd.read_csv(folder / "leaks.csv")
+    leaks = pd.read_csv(folder / "leaks.csv", keep_default_na=False)
     assert leaks.to_dict("records") == [
-        {"root": "SinBackward0", "held_bytes": 32, "holder": "variable 'y' in __main__"}]
+        {"root": "SinBackward0", "held_bytes": 32, "shared_bytes": 0,
+         "holder": "global 'y' in module __main__ (run.py:3)", "name": "y", "line": 3,
+         "message": ""}]
 
 
 def test_profile_json_round_trips_through_load_profile(saved_fake):
@@ -277,7 +280,7 @@ def test_summary_md_has_the_tables(saved_fake):
     assert "| aten::sin | forward | 3 | 96 B | 64 B | 128 B | 1.000 |" in text
     assert "| SinBackward0 | backward | 3 | 0 B | 0 B | 160 B | 3.000 |" in text
     assert "| enc | 4 | 64 B | 64 B | 32 B | 32 B | 160 B | 2.750 | 2.750 |" in text
-    assert "| SinBackward0 | 32 B | variable 'y' in __main__ |" in text
+    assert "| SinBackward0 | 32 B | 0 B | global 'y' in module __main__ (run.py:3) |  |" in text
     assert "| freed during backward | 2 | 64 B |" in text
     assert "- **held by live graphs after the block**: 32 B" in text
 

@@ -1,0 +1,239 @@
+"""Who holds a tensor: the variable, and the path through containers and attributes to it.
+
+The leak finder asks for a name for each tensor that keeps a graph alive. We look where a user
+looks: the calling frames' local variables (innermost first), then the globals of those frames'
+modules, following tuples, lists, dicts and object attributes a few levels down, so a carried
+LSTM state reads `hidden[0]`, a dict entry `state['h']` and an attribute `self.h`. What no
+variable reaches is found among every object the garbage collector tracks, and named by the
+containers that hold it, from the inside out.
+
+Before Python 3.13, reading `frame.f_locals` of a running function stores a snapshot dict in
+the frame that keeps its values alive until the function returns; we empty those snapshots
+again (anything that reads them, `locals()` or a tracer, refills them first).
+"""
+
+from __future__ import annotations
+
+import ast
+import dis
+import gc
+import inspect
+import linecache
+import sys
+import types
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+MAX_DEPTH = 4  # containers/attributes followed from a variable: hidden[0], trainer.state['h']
+MAX_VISITS = 200_000  # objects looked at in all, so huge structures stay cheap
+_SNAPSHOT_LOCALS = sys.version_info < (3, 13)
+_OPAQUE = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+           type, types.FrameType, types.CodeType, str, bytes, int, float, complex, bool)
+_STORES = {"STORE_FAST", "STORE_NAME", "STORE_DEREF", "STORE_GLOBAL"}
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A name for a tensor: `name` ("hidden[0]"), what scope it is in, and a line to look at."""
+
+    name: str
+    text: str  # for people: "local 'hidden[0]' in train (train.py:41), assigned at line 38"
+    line: int | None = None  # locals: the line the frame is at; globals: the line assigning it
+
+
+@contextmanager
+def _locals_of(frame: types.FrameType) -> Iterator[dict]:
+    names = frame.f_locals
+    try:
+        yield names
+    finally:
+        if _SNAPSHOT_LOCALS and frame.f_code.co_flags & inspect.CO_OPTIMIZED:
+            names.clear()
+
+
+def _children(value: object, expr: str) -> Iterator[tuple[object, str]]:
+    """(item, expression naming it) for what a container or an object holds."""
+    if isinstance(value, (tuple, list)):
+        for index, item in enumerate(value):
+            yield item, f"{expr}[{index}]"
+    elif isinstance(value, dict):
+        for key, item in list(value.items()):
+            shown = repr(key) if isinstance(key, (str, int)) else "..."
+            yield item, f"{expr}[{shown}]"
+    elif isinstance(value, nn.Module):
+        for key, item in list(vars(value).items()):
+            if key in ("_parameters", "_buffers", "_modules"):  # shown as model.attr
+                for sub, inner in list(item.items()):
+                    yield inner, f"{expr}.{sub}"
+            elif not key.startswith("_"):
+                yield item, f"{expr}.{key}"
+    elif not isinstance(value, _OPAQUE):
+        try:  # an object without __dict__ may answer through its own __getattr__: anything
+            attributes = list(vars(value).items())
+        except Exception:
+            return
+        for key, item in attributes:
+            yield item, f"{expr}.{key}"
+
+
+def search(value: object, expr: str, match: Callable[[torch.Tensor], int | None],
+           wanted: set[int], found: dict[int, str], seen: dict[int, int]) -> None:
+    """Record in `found` (target -> expression) the wanted targets under `value`, breadth
+    first (the shortest expression wins). `seen` (object id -> depth) is shared by the scans of
+    one search, so an object is looked into again only when reached at a smaller depth."""
+    queue = deque([(value, expr, 0)])
+    while queue and len(seen) < MAX_VISITS and len(found) < len(wanted):
+        value, expr, depth = queue.popleft()
+        if seen.get(id(value), MAX_DEPTH + 1) <= depth:
+            continue
+        seen[id(value)] = depth
+        if isinstance(value, torch.Tensor):
+            target = match(value)
+            if target in wanted and target not in found:
+                found[target] = expr
+            continue
+        if depth < MAX_DEPTH and not isinstance(value, _OPAQUE):
+            queue.extend((item, name, depth + 1) for item, name in _children(value, expr))
+
+
+def assigned_lines(code: types.CodeType, name: str) -> list[int]:
+    """The lines of `code` that assign the local `name` (which one ran last is not known)."""
+    line, lines = None, []
+    for instruction in dis.get_instructions(code):
+        if instruction.starts_line:
+            line = instruction.starts_line if isinstance(instruction.starts_line, int) \
+                else instruction.line_number
+        if instruction.opname in _STORES and instruction.argval == name and line is not None:
+            lines.append(line)
+    return sorted(set(lines))
+
+
+def _module_assignment_line(module_globals: dict, name: str) -> int | None:
+    """The line of the last statement of a module's own code (not inside its functions) that
+    binds `name`: where the global is defined."""
+    filename = module_globals.get("__file__")
+    if not filename:
+        return None
+    source = "".join(linecache.getlines(filename, module_globals))
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    last = None
+    for statement in tree.body:  # the module's own statements, not the functions' bodies
+        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        for node in ast.walk(statement):
+            if isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, ast.Store):
+                last = statement.lineno
+    return last
+
+
+def base_name(expr: str) -> str:
+    """The variable an expression starts from: "hidden[0]" -> "hidden", "self.h" -> "self"."""
+    for mark in ("[", "."):
+        expr = expr.split(mark)[0]
+    return expr
+
+
+def in_frames(frame: types.FrameType | None, match: Callable[[torch.Tensor], int | None],
+              wanted: set[int]) -> dict[int, Holder]:
+    """Holders among the locals of `frame` and its callers, then among their modules' globals."""
+    holders: dict[int, Holder] = {}
+    module_scopes: list[dict] = []
+    seen: dict[int, int] = {}
+    while frame is not None and len(holders) < len(wanted):
+        code = frame.f_code
+        if frame.f_globals not in module_scopes:
+            module_scopes.append(frame.f_globals)
+        if not code.co_flags & inspect.CO_OPTIMIZED:  # a module's or a class's own code
+            frame = frame.f_back
+            continue
+        found: dict[int, str] = {}
+        with _locals_of(frame) as local_names:
+            for name, value in list(local_names.items()):
+                search(value, name, match, wanted - holders.keys(), found, seen)
+        for target, expr in found.items():
+            line = frame.f_lineno
+            assigned = assigned_lines(code, base_name(expr))
+            text = f"local '{expr}' in {code.co_name} ({code.co_filename}:{line})"
+            if assigned:
+                plural = "s" if len(assigned) > 1 else ""
+                text += f", assigned at line{plural} {', '.join(map(str, assigned))}"
+            holders[target] = Holder(expr, text, line)
+        frame = frame.f_back
+    for scope in module_scopes:
+        if len(holders) == len(wanted):
+            break
+        found = {}
+        for name, value in list(scope.items()):
+            if not name.startswith("__"):
+                search(value, name, match, wanted - holders.keys(), found, seen)
+        module = scope.get("__name__", "?")
+        for target, expr in found.items():
+            line = _module_assignment_line(scope, base_name(expr))
+            where = f" ({scope.get('__file__')}:{line})" if line is not None else ""
+            holders[target] = Holder(expr, f"global '{expr}' in module {module}{where}", line)
+    return holders
+
+
+def _path_to(obj: object, ignore: set[int], depth: int = 0) -> tuple[str, str]:
+    """(expression, module) for `obj` from what refers to it, inside out: a module global, an
+    attribute of an object, an item of a container, up to `MAX_DEPTH` levels. The module is ""
+    when no global is reached; the expression then starts at the outermost container found."""
+    for holder in gc.get_referrers(obj):
+        if id(holder) in ignore or isinstance(holder, types.FrameType):
+            continue
+        if isinstance(holder, dict):
+            key = next((k for k, v in list(holder.items()) if v is obj), None)
+            if key is None:
+                continue
+            if "__builtins__" in holder and "__name__" in holder:  # a module's globals
+                return str(key), str(holder["__name__"])
+            owner = next((o for o in gc.get_referrers(holder)
+                          if getattr(o, "__dict__", None) is holder), None)
+            if owner is not None:
+                outer, module = (_path_to(owner, ignore | {id(holder)}, depth + 1)
+                                 if depth + 1 < MAX_DEPTH else ("", ""))
+                return f"{outer or '<' + type(owner).__name__ + '>'}.{key}", module
+            outer, module = _path_to(holder, ignore, depth + 1) if depth + 1 < MAX_DEPTH \
+                else ("", "")
+            return f"{outer or '<dict>'}[{key!r}]", module
+        if isinstance(holder, (list, tuple)):
+            index = next((i for i, v in enumerate(holder) if v is obj), None)
+            if index is None:
+                continue
+            outer, module = _path_to(holder, ignore, depth + 1) if depth + 1 < MAX_DEPTH \
+                else ("", "")
+            kind = f"<{type(holder).__name__} of {len(holder)}>"
+            return f"{outer or kind}[{index}]", module
+    return "", ""
+
+
+def in_heap(match: Callable[[torch.Tensor], int | None], wanted: set[int]) -> dict[int, Holder]:
+    """Holders of the wanted targets among every tensor the garbage collector tracks."""
+    holders: dict[int, Holder] = {}
+    objects = gc.get_objects()
+    ignore = {id(objects), id(sys._getframe())}
+    for obj in objects:
+        if len(holders) == len(wanted):
+            break
+        if not isinstance(obj, torch.Tensor):
+            continue
+        target = match(obj)
+        if target in wanted and target not in holders:
+            expr, module = _path_to(obj, ignore)
+            if module:
+                text = f"global '{expr}' in module {module}"
+            elif expr:
+                text = f"'{expr}': a container no variable of the calling frames reaches"
+            else:
+                text = "a tensor referenced from elsewhere (no variable or container found)"
+            holders[target] = Holder(expr, text)
+    del objects
+    return holders
