@@ -54,6 +54,8 @@ from ._storage import NO_STORAGE, tensors_in
 
 _GLOBAL_HOOK_WARNING = "Using `torch.compile(module)` when there are global hooks"
 _CALLS_USER_CODE = {"apply"}  # the Function.apply wrapper runs the user's forward
+# turns Dynamo off itself, and reads what was on (torch < 2.9: compiled code running eagerly)
+_SWITCHES_DYNAMO_ITSELF = {"_dispatch_without_dynamo"}
 _marked_modules: set[str] = set()
 _warned_eager = False
 
@@ -113,8 +115,9 @@ def keep_dynamo_out() -> None:
             continue
         _marked_modules.add(name)
         for code in _codes(module):
-            set_code_exec_strategy(code, skip_self if code.co_name in _CALLS_USER_CODE
-                                   else skip_all)
+            if code.co_name not in _SWITCHES_DYNAMO_ITSELF:
+                set_code_exec_strategy(code, skip_self if code.co_name in _CALLS_USER_CODE
+                                       else skip_all)
 
 
 def _is_compiled_function(cls: type) -> bool:
@@ -177,8 +180,17 @@ class CompiledGraphs:
         OpDispatcher.compiled_code_runs_compiled = not self.support
         if self.support:
             return
+        try:
+            self._install()
+        except Exception as error:  # noqa: BLE001 - Dynamo internals moved: run eagerly, say so
+            self.stop()
+            self.support = f"the profiler could not hook torch.compile ({error!r})"
+            OpDispatcher.compiled_code_runs_compiled = False
+
+    def _install(self) -> None:
         from torch._dynamo import callback_handler
 
+        self._started = True
         keep_dynamo_out()
         # torch warns at each call of a torch.compile(module) that global module hooks exist
         warnings.filterwarnings("ignore", message=re.escape(_GLOBAL_HOOK_WARNING),
@@ -186,7 +198,6 @@ class CompiledGraphs:
         self._filter = warnings.filters[0]
         callback_handler.register_start_callback(self._compile_started)
         callback_handler.register_end_callback(self._compile_ended)
-        self._started = True
         self._wrap_new_classes()
 
     def stop(self) -> None:

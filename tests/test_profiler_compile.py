@@ -1,0 +1,221 @@
+"""torch.compile'd code under the profiler: it runs compiled, and its graph calls are rows.
+
+The references are torch's own: Dynamo's compile counters, the backend being called, the node
+types autograd builds, and saved-tensor counts taken by `saved_tensors_hooks` outside the
+profiler. Backends: `aot_eager` (AOTAutograd, no codegen) and `aot_eager_decomp_partition`
+(AOTAutograd with Inductor's min-cut partitioner, which recomputes cheap ops instead of saving
+them), both fast on the CPU.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounterWithBackend
+from torch._dynamo.utils import counters
+from torch.autograd.function import Function
+
+import profiling._compiled as compiled_module
+import torchext
+from profiling import profile
+from profiling._compiled import compiled_code_support
+from reports.models import MLP
+
+pytestmark = pytest.mark.skipif(bool(compiled_code_support()), reason=compiled_code_support())
+
+
+def saved_storage_bytes(fn, *args) -> tuple[torch.Tensor, int]:
+    """`fn(*args)` and the bytes of the distinct storages autograd saved for its backward,
+    counted by saved-tensor hooks outside any profiler."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = fn(*args)
+    return out, sum(storages.values())
+
+
+def compiled_rows(prof):
+    return prof.ops[prof.ops.compiled]
+
+
+def test_a_new_shape_compiles_inside_the_block_with_the_same_backend():
+    torch._dynamo.reset()
+    backend = CompileCounterWithBackend("aot_eager")
+    model = torch.compile(MLP(8, 16, 2, 4), backend=backend)
+    model(torch.randn(3, 8)).sum().backward()
+    assert backend.frame_count == 1
+    frames_before = counters["frames"]["total"]
+    with profile("cpu") as prof:
+        model(torch.randn(3, 8)).sum().backward()  # compiled outside: no recompile
+        assert backend.frame_count == 1
+        model(torch.randn(5, 8)).sum().backward()  # a new shape: compiled here
+    assert backend.frame_count == 2
+    # Dynamo compiled that one frame in the block, none of the profiler's
+    assert counters["frames"]["total"] == frames_before + 1
+    assert compiled_rows(prof).phase.tolist() == ["forward", "backward"] * 2
+
+
+def test_compiled_module_rows_are_compiled_and_its_backward_row_is_the_compiled_backward():
+    torch._dynamo.reset()
+    model = torch.compile(MLP(8, 16, 2, 4), backend="aot_eager")
+    x = torch.randn(3, 8)
+    loss = model(x).sum()
+    node_types = {type(fn).__name__ for fn, _ in loss.grad_fn.next_functions}
+    assert node_types == {"CompiledFunctionBackward"}  # what autograd runs for the graph
+    with profile("cpu") as prof:
+        model(x).sum().backward()
+    ops = prof.ops
+    forward, backward = compiled_rows(prof).itertuples()
+    assert forward.op.startswith("CompiledFunction[MLP.forward ") and forward.phase == "forward"
+    assert backward.op == "CompiledFunctionBackward" + forward.op[len("CompiledFunction"):]
+    assert backward.phase == "backward" and forward.module == backward.module == "MLP"
+    # the graph's aten ops are inside its row; the eager ops around it keep theirs
+    assert not ops.op.str.startswith("aten::addmm").any()
+    assert not ops.op.str.contains("AddmmBackward").any()
+    assert {"aten::sum", "SumBackward0"} <= set(ops[~ops.compiled].op)
+    assert str(ops.dtypes["compiled"]) == "bool"
+
+
+def test_compiled_saved_bytes_equal_an_independent_count_where_eager_saves_more():
+    torch._dynamo.reset()
+
+    def f(x):
+        return torch.sin(torch.sin(x)).sum()  # eager saves x and sin(x): min-cut recomputes
+
+    compiled = torch.compile(f, backend="aot_eager_decomp_partition")
+    x = torch.randn(64, requires_grad=True)
+    out, eager_saved = saved_storage_bytes(f, x)
+    out.backward()
+    out, compiled_saved = saved_storage_bytes(compiled, x)
+    out.backward()
+    assert compiled_saved < eager_saved
+    with profile("cpu") as prof:
+        compiled(x).backward()
+    assert prof.ops.saved_bytes.sum() == compiled_rows(prof).saved_bytes.sum() == compiled_saved
+    freed_by = f"CompiledFunctionBackward[{f.__qualname__} "
+    assert prof.lifetimes.freed_by.str.startswith(freed_by).all()
+    assert prof.held_bytes == 0
+
+
+def test_fullgraph_is_one_graph_and_a_graph_break_two_with_the_eager_part_between():
+    torch._dynamo.reset()
+
+    @torch._dynamo.disable
+    def eager_part(h):
+        return h * 3
+
+    def broken_fn(x):
+        return eager_part(torch.sin(x)).cos().sum()
+
+    full = torch.compile(lambda x: torch.sin(x).cos().sum(), backend="aot_eager",
+                         fullgraph=True)
+    broken = torch.compile(broken_fn, backend="aot_eager")
+    x = torch.randn(16, requires_grad=True)
+    with profile("cpu") as prof_full:
+        full(x).backward()
+    with profile("cpu") as prof_broken:
+        loss = broken(x)
+        loss.backward()
+    assert compiled_rows(prof_full).phase.tolist() == ["forward", "backward"]
+    ops = prof_broken.ops
+    forwards = ops[ops.phase == "forward"]
+    # graph, the eager mul between, graph, and backward()'s ones_like
+    assert forwards.compiled.tolist() == [True, False, True, False]
+    assert forwards.op.iloc[1] == "aten::mul.Tensor"
+    names = forwards.op[forwards.compiled].tolist()
+    assert names[0].startswith(f"CompiledFunction[{broken_fn.__qualname__} ")
+    assert "torch_dynamo_resume_in_broken_fn" in names[1]  # the graph after the break
+    assert len(compiled_rows(prof_broken)) == 4  # two graphs, forward and backward each
+
+
+def test_a_compiled_torchext_op():
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: torchext.sin(x).sum(), backend="aot_eager")
+    x = torch.randn(8, requires_grad=True)
+    out, expected_saved = saved_storage_bytes(compiled, x)
+    out.backward()
+    expected_grad, x.grad = x.grad, None
+    with profile("cpu") as prof:
+        compiled(x).backward()
+    assert torch.allclose(x.grad, expected_grad)
+    assert compiled_rows(prof).phase.tolist() == ["forward", "backward"]
+    assert prof.ops.saved_bytes.sum() == expected_saved > 0
+
+
+def global_state() -> dict:
+    from torch.nn.modules import module
+    from torch.optim import optimizer
+
+    return {
+        "apply": Function.__dict__["apply"],
+        "module hooks": (dict(module._global_forward_pre_hooks),
+                         dict(module._global_forward_hooks)),
+        "optimizer hooks": dict(optimizer._global_optimizer_pre_hooks),
+        "compile callbacks": (list(torch._dynamo.callback_handler.start_callbacks),
+                              list(torch._dynamo.callback_handler.end_callbacks)),
+        "dispatch modes": torch._C._len_torch_dispatch_stack(),
+        "saved tensor hooks": torch._C._autograd._top_saved_tensors_default_hooks(True),
+        "warning filters": list(warnings.filters),
+        "compiled classes": [(cls.__dict__["forward"], cls.__dict__["backward"])
+                             for cls in Function.__subclasses__()
+                             if cls.__name__ == "CompiledFunction"],
+    }
+
+
+def test_no_hook_or_mode_is_left_after_the_block_also_when_compiled_code_raises():
+    from torch._dynamo.backends.common import aot_autograd
+
+    torch._dynamo.reset()
+    failing = {"now": False}
+
+    def fw_compiler(gm, example_inputs):
+        def run(*args):
+            if failing["now"]:
+                raise RuntimeError("the compiled graph failed")
+            return gm(*args)
+        return run
+
+    compiled = torch.compile(lambda x: torch.sin(x).sum(),
+                             backend=aot_autograd(fw_compiler=fw_compiler))
+    x = torch.randn(4, requires_grad=True)
+    compiled(x).backward()
+    mismatched = torch.compile(lambda a, b: a @ b, backend="aot_eager")
+    before = global_state()
+    failing["now"] = True
+    with pytest.raises(RuntimeError, match="the compiled graph failed"):
+        with profile("cpu") as prof:
+            compiled(x)  # raises inside the compiled graph's forward
+    assert global_state() == before
+    assert compiled_rows(prof).op.str.startswith("CompiledFunction[").tolist() == [True]
+    with pytest.raises(RuntimeError), profile("cpu"):
+        mismatched(torch.randn(2, 3), torch.randn(4, 5))  # raises while Dynamo compiles
+    assert global_state() == before
+
+
+def test_where_torch_cannot_compile_under_the_profiler_it_says_so_once(monkeypatch, tmp_path):
+    torch._dynamo.reset()
+    backend = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda x: torch.sin(x).sum(), backend=backend)
+    x = torch.randn(4, requires_grad=True)
+    compiled(x).backward()
+    monkeypatch.setattr(compiled_module, "compiled_code_support", lambda: "torch 2.8 cannot")
+    monkeypatch.setattr(compiled_module, "_warned_eager", False)
+    with pytest.warns(RuntimeWarning, match="ran EAGERLY.*torch 2.8 cannot"):
+        with profile("cpu") as prof:
+            compiled(x).backward()
+    assert backend.frame_count == 1  # compiled outside; inside, its code ran eagerly
+    assert not prof.ops.compiled.any() and "aten::sin" in set(prof.ops.op)
+    assert "EAGERLY" in prof.meta["compile"]
+    assert "EAGERLY" in (prof.save(tmp_path / "run") / "summary.md").read_text()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process: no second warning
+        with profile("cpu") as again:
+            compiled(x).backward()
+    assert "EAGERLY" in again.meta["compile"]
