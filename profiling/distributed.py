@@ -68,6 +68,16 @@ def rank_from_env() -> RankInfo | None:
     return RankInfo(rank, world, local)
 
 
+def cuda_index() -> int:
+    """The CUDA device a profile measures by default: under torchrun the rank's own
+    (`LOCAL_RANK`, which scripts pass to `torch.cuda.set_device`, often inside the profiled
+    block), else the current one."""
+    rank = rank_from_env()
+    if rank is not None and rank.local_rank < torch.cuda.device_count():
+        return rank.local_rank
+    return torch.cuda.current_device()
+
+
 def rank_folder(out: str | Path, rank: int) -> Path:
     return Path(out) / f"rank{rank}"
 
@@ -104,6 +114,13 @@ class RankRecorder(TorchDispatchMode):
         self._ddp_seen = False
         self._bucket_task, self._next_bucket = -1, 0
         self._handles: list[Any] = []
+
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        """As the profiler's own mode: compiled code runs compiled inside the block."""
+        from ._dispatch import OpDispatcher
+
+        return OpDispatcher.compiled_code_runs_compiled
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
@@ -151,13 +168,8 @@ class RankRecorder(TorchDispatchMode):
             for handle in self._handles:
                 handle.remove()
             self._handles.clear()
-            self._recorder = _Stopped()  # no reference back to the profile's hooks
+            self._recorder = None  # no reference back to the profile's hooks
 
-
-
-class _Stopped:
-    modules = type("NoModules", (), {"current": ""})()
-    _open, seq, t0 = None, -1, 0.0
 
 
 def collectives_frame(recorder: RankRecorder | None) -> pd.DataFrame:

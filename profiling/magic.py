@@ -142,6 +142,8 @@ def memprofile(line: str, cell: str) -> None:
     if outer is not None:  # the cell fails as it would without the magic
         outer.error_before_exec = result.error_before_exec
         outer.error_in_exec = result.error_in_exec
+    if result.error_before_exec is not None:  # e.g. a syntax error: nothing ran
+        return
     shell.user_ns[NAMESPACE_NAME] = prof
     if out is not None:
         prof.save(Path(out))

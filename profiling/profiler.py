@@ -80,7 +80,14 @@ import torch
 from ._graph import AutogradGraph, build_graph, node_first_savers
 from ._leaks import find_leaks
 from ._recorder import ROW_FIELDS, Recorder
-from .distributed import RankRecorder, collectives_frame, rank_from_env, rank_meta, save_rank
+from .distributed import (
+    RankRecorder,
+    collectives_frame,
+    cuda_index,
+    rank_from_env,
+    rank_meta,
+    save_rank,
+)
 from .tables import module_table
 
 OPS_COLUMNS = ["seq", "op", "phase", "module", "input_shapes", "dtype", "device",
@@ -96,7 +103,7 @@ _OPS_DTYPES = {"seq": "int64", "output_bytes": "int64", "saved_bytes": "int64",
 
 
 def _default_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
+    return torch.device("cuda", cuda_index()) if torch.cuda.is_available() \
         else torch.device("cpu")
 
 
@@ -341,5 +348,5 @@ def profile(device: str | torch.device | None = None, *, command: str = "",
     """
     device = _default_device() if device is None else torch.device(device)
     if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+        device = torch.device("cuda", cuda_index())  # under torchrun: the rank's (LOCAL_RANK)
     return Profile(device, command=command, track=tuple(track))

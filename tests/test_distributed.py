@@ -286,3 +286,18 @@ def test_fsdp2_peak_per_rank_shows_the_sharding_on_cuda(tmp_path):
         # (all-gather buffers, prefetch) and small activations: far below the unsharded 2x
         assert peak >= 2 * param_bytes // WORLD
         assert peak <= 2 * param_bytes // WORLD + 6 * layer_bytes
+
+
+def test_compiled_code_runs_compiled_under_torchrun_too(monkeypatch):
+    """The rank's dispatch mode tells Dynamo what the profiler's own does: without it, a
+    compiled function would run eagerly, op by op, inside a torchrun job's profile."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: (x.sin() * 2).sum(), backend="aot_eager")
+    x = torch.randn(8, requires_grad=True)
+    compiled(x).backward()  # compile outside the block
+    with profile() as prof:
+        compiled(x).backward()
+    assert prof.ops["compiled"].sum() == 2  # the graph call and its backward
+    assert not prof.ops["op"].str.startswith("aten::sin").any()

@@ -130,3 +130,28 @@ def test_autograd_memory_notebook_shows_what_retain_graph_holds_and_detach_cuts(
     for cell in committed.cells:
         if cell.cell_type == "code" and cell.source.startswith("%%memprofile"):
             assert _html_outputs(cell), f"cell {cell.get('id')} has no summary: run the notebook"
+
+
+def test_memprofile_options_fail_as_ipython_usage_errors():
+    from IPython.core.error import UsageError
+
+    from profiling.magic import _parse
+
+    assert _parse("--top 3 --out out/cell") == (3, "out/cell")
+    for line, message in (("--top 0", "at least 1"), ("--top x", "invalid int"),
+                          ("--bogus", "unrecognized arguments: --bogus")):
+        with pytest.raises(UsageError, match=message):
+            _parse(line)
+
+
+def test_a_profile_renders_in_a_notebook_only_once_finished():
+    from profiling import profile
+
+    x = torch.randn(16, requires_grad=True)
+    with profile() as prof:
+        assert prof._repr_html_() is None and prof._repr_markdown_() is None  # recording
+        y = (x * x).sum()
+        y.backward(retain_graph=True)
+    held = format_bytes(_saved_storage_bytes(lambda: (x * x).sum()))
+    assert f"<dt>held by live graphs after the block</dt><dd>{held}</dd>" in prof._repr_html_()
+    assert f"**held by live graphs after the block**: {held}" in prof._repr_markdown_()
