@@ -15,7 +15,8 @@
   also runs when the step raises, and which nest), else "forward".
 - Threads: the dispatch mode and saved-tensor hooks are thread-local (autograd hands them to
   its worker threads for the backward passes this thread starts); the global hooks (modules,
-  `Function.apply`, optimizer steps) ignore calls from other threads.
+  `Function.apply`, optimizer steps) ignore calls from other threads. On CUDA, where the
+  allocator is process-wide, `_threads` tells when another thread allocated during the block.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from ._dispatch import OpDispatcher, op_info
 from ._graph import NodeRegistry, is_backward_running
 from ._modules import ModuleStack
 from ._saved import SavedLedger, context_outside_rows
-from ._storage import NO_STORAGE, StorageTracker, tensors_in
+from ._storage import NO_STORAGE, StorageTracker, held_tensors, tensors_in
+from ._threads import ForeignAllocations
 
 Tensor = torch.Tensor
 _perf_counter = time.perf_counter
@@ -50,32 +52,6 @@ _STEP_MARKER = "Optimizer.step#"  # the name `Optimizer.profile_hook_step` gives
 # Row fields, in order (input_shapes holds raw shape tuples until the DataFrame is built).
 ROW_FIELDS = ("seq", "op", "phase", "module", "input_shapes", "dtype", "device", "output_bytes",
               "live_bytes", "peak_bytes", "time_ms", "t_ms")
-
-
-def _tensors_of(objects: Any) -> list[Tensor]:
-    """The tensors an object holds: a module's parameters, buffers and gradients; an optimizer's
-    parameters, gradients and state; tensors (with their gradients) nested in lists, tuples,
-    dicts."""
-    tensors: list[Tensor] = []
-    stack = list(objects)
-    while stack:
-        obj = stack.pop()
-        if isinstance(obj, Tensor):
-            tensors.append(obj)
-            # a non-leaf has a .grad only after retain_grad(); reading it otherwise warns
-            if (obj.is_leaf or obj.retains_grad) and obj.grad is not None:
-                tensors.append(obj.grad)
-        elif isinstance(obj, torch.nn.Module):
-            stack.extend(obj.parameters())
-            stack.extend(obj.buffers())
-        elif isinstance(obj, torch.optim.Optimizer):
-            stack.extend(obj.state.values())
-            stack.extend(group["params"] for group in obj.param_groups)
-        elif isinstance(obj, dict):
-            stack.extend(obj.values())
-        elif isinstance(obj, (list, tuple)):
-            stack.extend(obj)
-    return tensors
 
 
 def _outputs(out: Any) -> list[Tensor]:
@@ -115,8 +91,7 @@ class Recorder:
         self._markers: list[bool] = []  # record_function markers open (an optimizer step?)
         self._steps = 0  # optimizer steps running (nested steps count each)
         self._stepped: weakref.WeakSet = weakref.WeakSet()  # optimizers that stepped here
-        self.unseen_cuda_bytes = 0  # allocated between this thread's rows (CUDA): not ours
-        self._cuda_start_live = 0
+        self.foreign = ForeignAllocations(device, self.storages, self.rows)  # CUDA only
         self.seq = -1
         self.started = self.stopped = False
         self.t0 = 0.0
@@ -132,9 +107,9 @@ class Recorder:
 
     # ------------------------------------------------------------------ lifecycle
     def count_from_start(self, *objects: Any) -> None:
-        """Count the storages these objects hold (see `_tensors_of`), which existed before the
+        """Count the storages these objects hold (see `held_tensors`), which existed before the
         block, from its start: rows recorded before they were seen are raised by their bytes."""
-        self._raise_earlier_rows(self.storages.count_from_start(_tensors_of(objects)))
+        self._raise_earlier_rows(self.storages.count_from_start(held_tensors(objects)))
 
     def _raise_earlier_rows(self, raised: list[tuple[int, torch.device, int]]) -> None:
         """Add each backdated storage's bytes to the live and peak bytes of the rows recorded
@@ -166,14 +141,14 @@ class Recorder:
             self._stepped.add(optimizer)
             self.count_from_start(optimizer)
         else:  # state an earlier step made without an op the profiler saw (Adam's `step`)
-            self.storages.track_all(_tensors_of((optimizer,)), True)
+            self.storages.track_all(held_tensors((optimizer,)), True)
 
     def start(self, track: tuple = ()) -> None:
         self.t0 = time.perf_counter()
         self.started = True
         self.thread = _thread_id()
         if self.cuda:
-            self._cuda_start_live = torch.cuda.memory_allocated(self.device)
+            self.foreign.start()
         self.count_from_start(*track)
         self.modules.start(self.thread)
         self._handles.append(register_optimizer_step_pre_hook(
@@ -293,7 +268,7 @@ class Recorder:
         self.seq = seq = self.seq + 1
         cuda = self.cuda
         if cuda:
-            self._check_unseen_cuda_bytes(inputs)
+            self.foreign.check(inputs)
             torch.cuda.reset_peak_memory_stats(self.device)
         start = _perf_counter()
         out = call(*args, **kwargs)
@@ -347,39 +322,9 @@ class Recorder:
             self._steps -= self._markers.pop()
         return out
 
-    def _check_unseen_cuda_bytes(self, inputs: list[Tensor]) -> None:
-        """Between two of this thread's rows, this thread allocates only what no op shows the
-        profiler (e.g. `torch.tensor(data, device="cuda")` copies its data before the op
-        `lift_fresh` sees it): the inputs seen for the first time now. Anything else the
-        process-wide allocator gained meanwhile was allocated by another thread (or by code
-        that bypasses the dispatcher)."""
-        before = self.rows[-1][8] if self.rows else self._cuda_start_live
-        now = torch.cuda.memory_allocated(self.device)
-        if now <= before:
-            return
-        rows_now, refs = len(self.rows), self.storages.refs
-        fresh = {}
-        for tensor in inputs:
-            try:
-                ref = refs.get(tensor.untyped_storage()._cdata)
-            except NO_STORAGE:
-                continue
-            if ref is not None and ref.rows_before == rows_now and not ref.created_in_block \
-                    and not ref.from_start and ref.device == self.device:
-                fresh[ref.address] = -(-ref.nbytes // 512) * 512  # the allocator's 512-B blocks
-        now -= sum(fresh.values())
-        if now > before:
-            self.unseen_cuda_bytes += now - before
-
     def other_threads_note(self) -> str:
-        """A sentence for the report when live/peak bytes include memory this thread did not
-        allocate ("" when they do not)."""
-        if not self.unseen_cuda_bytes:
-            return ""
-        return (f"{self.unseen_cuda_bytes:,} bytes were allocated on {self.device} between this "
-                "thread's operators, by another thread (or by code that bypasses PyTorch's "
-                "dispatcher): CUDA's allocator is process-wide, so live and peak bytes include "
-                "them")
+        """What the report says about other threads' memory (see `_threads`)."""
+        return self.foreign.note() if self.cuda else ""
 
     def discover_pending(self) -> None:
         """Find the node the last op (or Function) created, and what it saved."""
@@ -406,7 +351,7 @@ class Recorder:
         inputs = tensors_in(args)
         self.storages.track_all(inputs, False)
         if self.cuda:
-            self._check_unseen_cuda_bytes(inputs)
+            self.foreign.check(inputs)
         self._reset_peak()
         phase = "backward" if backward else "optimizer" if self._steps else "forward"
         row = _OpenRow(self.seq, cls.__name__, phase,

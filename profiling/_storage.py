@@ -138,3 +138,29 @@ def tensors_in(values: Any) -> list[Tensor]:
         elif isinstance(value, (list, tuple)):
             found.extend(v for v in value if isinstance(v, Tensor))
     return found
+
+
+def held_tensors(objects: Any) -> list[Tensor]:
+    """The tensors an object holds: a module's parameters, buffers and gradients; an optimizer's
+    parameters, gradients and state; tensors (with their gradients) nested in lists, tuples,
+    dicts."""
+    tensors: list[Tensor] = []
+    stack = list(objects)
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, Tensor):
+            tensors.append(obj)
+            # a non-leaf has a .grad only after retain_grad(); reading it otherwise warns
+            if (obj.is_leaf or obj.retains_grad) and obj.grad is not None:
+                tensors.append(obj.grad)
+        elif isinstance(obj, torch.nn.Module):
+            stack.extend(obj.parameters())
+            stack.extend(obj.buffers())
+        elif isinstance(obj, torch.optim.Optimizer):
+            stack.extend(obj.state.values())
+            stack.extend(group["params"] for group in obj.param_groups)
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+    return tensors
