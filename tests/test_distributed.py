@@ -301,3 +301,20 @@ def test_compiled_code_runs_compiled_under_torchrun_too(monkeypatch):
         compiled(x).backward()
     assert prof.ops["compiled"].sum() == 2  # the graph call and its backward
     assert not prof.ops["op"].str.startswith("aten::sin").any()
+
+
+@pytest.mark.parametrize(("devices", "expected"), [(2, 1), (1, 0)])
+def test_a_rank_measures_its_own_gpu_by_default(monkeypatch, devices, expected):
+    """Scripts call torch.cuda.set_device(LOCAL_RANK), often inside the profiled block: the
+    profile takes the rank's device from LOCAL_RANK (when this machine has it), not the
+    current device, which is still cuda:0 when the block starts."""
+    from profiling.distributed import cuda_index
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: devices)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert cuda_index() == expected
+    monkeypatch.delenv("RANK")  # outside torchrun: the current device
+    assert cuda_index() == 0
