@@ -206,3 +206,30 @@ def test_custom_ops_double_backward_on_our_kernels(name):
     for a, e, wrt in zip(actual, expected, (*inputs, grad_out), strict=True):
         zero = torch.zeros_like(wrt)  # a linear op's second derivative: None (unused) or zeros
         assert_close(zero if a is None else a, zero if e is None else e)
+
+
+def test_each_custom_op_registers_its_functions_own_formula():
+    """One formula per op: the autograd registered on each custom op (torch.compile's path) is
+    the eager Function's own setup_context and backward, not a second copy that can drift."""
+    from torch._library.custom_ops import OPDEFS
+
+    def module(name):  # `torchext.sin` and friends are the public functions, not the modules
+        return sys.modules[f"torchext.{name}"]
+
+    sin, mul, sub, norm, mv = map(module, ("sin", "mul", "sub", "norm", "mv"))
+    functions = {
+        "sin": sin.SinFunction, "cos": sin.CosFunction,
+        "sin_backward": sin.SinBackwardFunction, "cos_backward": sin.CosBackwardFunction,
+        "mul": mul.MulFunction, "mul_scalar": mul.MulScalarFunction,
+        "sub": sub.SubFunction, "sub_scalar": sub.SubScalarFunction,
+        "sum": module("sum").SumFunction, "norm": norm.NormFunction,
+        "norm_backward": norm.NormBackwardFunction, "dot": module("dot").DotFunction,
+        "mv": mv.MvFunction, "outer": mv.OuterFunction,
+        "least_squares": module("least_squares").LeastSquaresFunction,
+    }  # fmt: skip
+    registered = {name.removeprefix("torchext::"): op for name, op in OPDEFS.items()
+                  if name.startswith("torchext::")}  # fmt: skip
+    assert set(registered) == set(functions)
+    for name, op in registered.items():
+        assert op._backward_fn is functions[name].backward, name
+        assert op._setup_context_fn is functions[name].setup_context, name

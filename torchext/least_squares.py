@@ -113,10 +113,6 @@ def _backward(ctx, grad, _grad_w, _residual):
     return (*grads, None, None)
 
 
-# Under torch.compile the public op calls the custom op directly (see torchext/sin.py).
-_least_squares_op.register_autograd(_backward, setup_context=_save_for_backward)
-
-
 class LeastSquaresFunction(torch.autograd.Function):
     """(loss, grad_w, residual) = fused least squares of X (*batch, m, n), w, y.
 
@@ -158,6 +154,13 @@ class LeastSquaresFunction(torch.autograd.Function):
                                           store_residual or residual_here)  # fmt: skip
         out = LeastSquaresFunction.apply(x, w, y, compute_grad_w, store_residual)
         return out, (0, 0 if compute_grad_w else None, 0 if store_residual else None)
+
+
+# The custom op's autograd (what torch.compile's graphs and direct `torch.ops.torchext` calls use)
+# is the Function's own: one formula for both paths.
+_least_squares_op.register_autograd(
+    LeastSquaresFunction.backward, setup_context=LeastSquaresFunction.setup_context
+)
 
 
 def _outputs_for_backward(x, w, y) -> tuple[bool, bool]:
