@@ -318,3 +318,15 @@ def test_a_rank_measures_its_own_gpu_by_default(monkeypatch, devices, expected):
     assert cuda_index() == expected
     monkeypatch.delenv("RANK")  # outside torchrun: the current device
     assert cuda_index() == 0
+
+
+def test_nproc_per_node_under_torchrun_is_a_usage_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    script = tmp_path / "step.py"
+    script.write_text("print('never runs')\n")
+    assert main(["run", "--nproc-per-node", "2", "--out", str(tmp_path / "out"),
+                 str(script)]) == 2
+    err = capsys.readouterr().err
+    assert "already running under torchrun" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
