@@ -165,3 +165,24 @@ def test_optimizer_phase_in_plot_chrome_trace_and_html(tmp_path):
         optimizer.step()
     page = report_html(step_only, tmp_path, images={})
     assert "<td>optimizer</td>" in page and "<td>forward</td>" not in page
+
+
+def test_a_closure_inside_step_is_optimizer_and_its_backward_is_backward():
+    """LBFGS runs the model inside `step`: those ops are the step's, its backward passes are
+    backward (the engine runs them), as the profiler's docstring says."""
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.LBFGS(model.parameters(), max_iter=2)
+    x = torch.randn(4, 3)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = model(x).square().mean()
+        loss.backward()
+        return loss
+
+    with profile("cpu") as prof:
+        optimizer.step(closure)
+    ops = prof.ops
+    assert ops[ops.op == "aten::addmm"].phase.tolist() == ["optimizer", "optimizer"]
+    assert set(ops[ops.op.str.endswith("Backward0")].phase) == {"backward"}
+    assert set(ops.phase) == {"optimizer", "backward"}
