@@ -81,24 +81,37 @@ def _children(value: object, expr: str) -> Iterator[tuple[object, str]]:
             yield item, f"{expr}.{key}"
 
 
+def is_module_globals(value: object) -> bool:
+    return isinstance(value, dict) and "__builtins__" in value and "__name__" in value
+
+
+Found = dict[int, tuple[str, "dict | None"]]  # target -> (expression, the globals it is in)
+
+
 def search(value: object, expr: str, match: Callable[[torch.Tensor], int | None],
-           wanted: set[int], found: dict[int, str], seen: dict[int, int]) -> None:
-    """Record in `found` (target -> expression) the wanted targets under `value`, breadth
-    first (the shortest expression wins). `seen` (object id -> depth) is shared by the scans of
-    one search, so an object is looked into again only when reached at a smaller depth."""
-    queue = deque([(value, expr, 0)])
+           wanted: set[int], found: Found, seen: dict[int, int],
+           scope: dict | None = None) -> None:
+    """Record in `found` the wanted targets under `value`, breadth first (the shortest
+    expression wins). A module's globals met on the way (a script's namespace kept by a
+    runner) start the expression again, from the global's name. `seen` (object id -> depth) is
+    shared by the scans of one search: an object is looked into again only at a smaller depth."""
+    queue = deque([(value, expr, 0, scope)])
     while queue and len(seen) < MAX_VISITS and len(found) < len(wanted):
-        value, expr, depth = queue.popleft()
+        value, expr, depth, scope = queue.popleft()
         if seen.get(id(value), MAX_DEPTH + 1) <= depth:
             continue
         seen[id(value)] = depth
         if isinstance(value, torch.Tensor):
             target = match(value)
             if target in wanted and target not in found:
-                found[target] = expr
+                found[target] = (expr, scope)
             continue
-        if depth < MAX_DEPTH and not isinstance(value, _OPAQUE):
-            queue.extend((item, name, depth + 1) for item, name in _children(value, expr))
+        if is_module_globals(value):
+            queue.extend((item, str(key), 1, value) for key, item in list(value.items())
+                         if not str(key).startswith("__"))
+        elif depth < MAX_DEPTH and not isinstance(value, _OPAQUE):
+            queue.extend((item, name, depth + 1, scope)
+                         for item, name in _children(value, expr))
 
 
 def assigned_lines(code: types.CodeType, name: str) -> list[int]:
@@ -130,7 +143,7 @@ def _module_assignment_line(module_globals: dict, name: str) -> int | None:
             continue
         for node in ast.walk(statement):
             if isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, ast.Store):
-                last = statement.lineno
+                last = node.lineno
     return last
 
 
@@ -154,11 +167,14 @@ def in_frames(frame: types.FrameType | None, match: Callable[[torch.Tensor], int
         if not code.co_flags & inspect.CO_OPTIMIZED:  # a module's or a class's own code
             frame = frame.f_back
             continue
-        found: dict[int, str] = {}
+        found: Found = {}
         with _locals_of(frame) as local_names:
             for name, value in list(local_names.items()):
                 search(value, name, match, wanted - holders.keys(), found, seen)
-        for target, expr in found.items():
+        for target, (expr, scope) in found.items():
+            if scope is not None:
+                holders[target] = global_holder(expr, scope)
+                continue
             line = frame.f_lineno
             assigned = assigned_lines(code, base_name(expr))
             text = f"local '{expr}' in {code.co_name} ({code.co_filename}:{line})"
@@ -171,21 +187,25 @@ def in_frames(frame: types.FrameType | None, match: Callable[[torch.Tensor], int
         if len(holders) == len(wanted):
             break
         found = {}
-        for name, value in list(scope.items()):
-            if not name.startswith("__"):
-                search(value, name, match, wanted - holders.keys(), found, seen)
-        module = scope.get("__name__", "?")
-        for target, expr in found.items():
-            line = _module_assignment_line(scope, base_name(expr))
-            where = f" ({scope.get('__file__')}:{line})" if line is not None else ""
-            holders[target] = Holder(expr, f"global '{expr}' in module {module}{where}", line)
+        search(scope, "", match, wanted - holders.keys(), found, seen)
+        for target, (expr, inside) in found.items():
+            holders[target] = global_holder(expr, inside or scope)
     return holders
 
 
-def _path_to(obj: object, ignore: set[int], depth: int = 0) -> tuple[str, str]:
-    """(expression, module) for `obj` from what refers to it, inside out: a module global, an
-    attribute of an object, an item of a container, up to `MAX_DEPTH` levels. The module is ""
-    when no global is reached; the expression then starts at the outermost container found."""
+def global_holder(expr: str, scope: dict) -> Holder:
+    """A module global, with the line of the module's own code that binds it."""
+    line = _module_assignment_line(scope, base_name(expr))
+    where = f" ({scope.get('__file__')}:{line})" if line is not None else ""
+    return Holder(expr, f"global '{expr}' in module {scope.get('__name__', '?')}{where}", line)
+
+
+def _path_to(obj: object, ignore: set[int], depth: int = 0) -> tuple[str, dict | None]:
+    """(expression, module globals) for `obj` from what refers to it, inside out: a module
+    global, an attribute of an object, an item of a container, up to `MAX_DEPTH` levels. The
+    globals are None when none is reached; the expression then starts at the outermost
+    container found."""
+    deeper = depth + 1 < MAX_DEPTH
     for holder in gc.get_referrers(obj):
         if id(holder) in ignore or isinstance(holder, types.FrameType):
             continue
@@ -193,26 +213,24 @@ def _path_to(obj: object, ignore: set[int], depth: int = 0) -> tuple[str, str]:
             key = next((k for k, v in list(holder.items()) if v is obj), None)
             if key is None:
                 continue
-            if "__builtins__" in holder and "__name__" in holder:  # a module's globals
-                return str(key), str(holder["__name__"])
+            if is_module_globals(holder):
+                return str(key), holder
             owner = next((o for o in gc.get_referrers(holder)
                           if getattr(o, "__dict__", None) is holder), None)
             if owner is not None:
-                outer, module = (_path_to(owner, ignore | {id(holder)}, depth + 1)
-                                 if depth + 1 < MAX_DEPTH else ("", ""))
-                return f"{outer or '<' + type(owner).__name__ + '>'}.{key}", module
-            outer, module = _path_to(holder, ignore, depth + 1) if depth + 1 < MAX_DEPTH \
-                else ("", "")
-            return f"{outer or '<dict>'}[{key!r}]", module
+                outer, scope = _path_to(owner, ignore | {id(holder)}, depth + 1) if deeper \
+                    else ("", None)
+                return f"{outer or '<' + type(owner).__name__ + '>'}.{key}", scope
+            outer, scope = _path_to(holder, ignore, depth + 1) if deeper else ("", None)
+            return f"{outer or '<dict>'}[{key!r}]", scope
         if isinstance(holder, (list, tuple)):
             index = next((i for i, v in enumerate(holder) if v is obj), None)
             if index is None:
                 continue
-            outer, module = _path_to(holder, ignore, depth + 1) if depth + 1 < MAX_DEPTH \
-                else ("", "")
+            outer, scope = _path_to(holder, ignore, depth + 1) if deeper else ("", None)
             kind = f"<{type(holder).__name__} of {len(holder)}>"
-            return f"{outer or kind}[{index}]", module
-    return "", ""
+            return f"{outer or kind}[{index}]", scope
+    return "", None
 
 
 def in_heap(match: Callable[[torch.Tensor], int | None], wanted: set[int]) -> dict[int, Holder]:
@@ -227,13 +245,12 @@ def in_heap(match: Callable[[torch.Tensor], int | None], wanted: set[int]) -> di
             continue
         target = match(obj)
         if target in wanted and target not in holders:
-            expr, module = _path_to(obj, ignore)
-            if module:
-                text = f"global '{expr}' in module {module}"
-            elif expr:
-                text = f"'{expr}': a container no variable of the calling frames reaches"
-            else:
-                text = "a tensor referenced from elsewhere (no variable or container found)"
+            expr, scope = _path_to(obj, ignore)
+            if scope is not None:
+                holders[target] = global_holder(expr, scope)
+                continue
+            text = (f"'{expr}': a container no variable of the calling frames reaches" if expr
+                    else "a tensor referenced from elsewhere (no variable or container found)")
             holders[target] = Holder(expr, text)
     del objects
     return holders

@@ -54,31 +54,49 @@ def _forward_calls(ops: pd.DataFrame) -> tuple[dict[int, tuple[str, int]], list[
     return calls, others
 
 
-def _reaches_back(nodes: set[int], node_call: dict[int, int],
-                  children: dict[int, list[int]]) -> bool:
-    """Whether a node of some call reaches, through the graph, a node of an earlier call."""
-    lowest: dict[int, float] = {}  # node -> the earliest call reachable from it (itself too)
-    for start in nodes:
-        stack = [(start, False)]
+def _carried(nodes: set[int], node_call: dict[int, int],
+             children: dict[int, list[int]]) -> set[int]:
+    """The nodes of a call that a later call's graph reaches first (directly, or through nodes
+    of no call): the grad_fns of tensors carried from one call into the next."""
+    carried: set[int] = set()
+    for node, call in node_call.items():
+        stack, seen = list(children.get(node, ())), set()
         while stack:
-            node, expanded = stack.pop()
-            if node in lowest:
+            child = stack.pop()
+            if child in seen or child not in nodes:
                 continue
-            kids = [c for c in children.get(node, ()) if c in nodes]
-            if not expanded:
-                stack.append((node, True))
-                stack.extend((c, False) for c in kids if c not in lowest)
-                continue
-            below = min((lowest[c] for c in kids), default=float("inf"))
-            lowest[node] = min(below, node_call.get(node, float("inf")))
-            own = node_call.get(node)
-            if own is not None and below < own:
-                return True
-    return False
+            seen.add(child)
+            other = node_call.get(child)
+            if other is None:
+                stack.extend(children.get(child, ()))
+            elif other < call:
+                carried.add(child)
+    return carried
 
 
-def _diagnosis(nodes: set[int], registry: NodeRegistry, calls: dict[int, tuple[str, int]],
-               others: list[int], children: dict[int, list[int]], holder: Holder | None) -> str:
+def _fix(carried: set[int], registry: NodeRegistry, root: int, holder: Holder | None,
+         ops_by_seq: dict[int, tuple[str, str]]) -> str:
+    """How to detach: by the holder's name when it holds the latest of the carried tensors (its
+    root is a node of the same kind: the same backward node, made in the same module)."""
+    made_by = sorted({ops_by_seq[registry.nodes[n].row_seq] for n in carried
+                      if registry.nodes[n].row_seq in ops_by_seq})
+    what = ", ".join(f"{op} in {module}" for op, module in made_by[:3])
+    kind = (registry.nodes[root].name, registry.nodes[root].module)
+    if holder is not None and holder.name and kind in {
+            (registry.nodes[n].name, registry.nodes[n].module) for n in carried}:
+        name = base_name(holder.name)
+        example = (f"`{name} = tuple(t.detach() for t in {name})`"
+                   if holder.name.startswith(f"{name}[") else f"`{name} = {name}.detach()`")
+    else:
+        example = "`state = state.detach()` (for a tuple, `tuple(t.detach() for t in state)`)"
+    return f"the carried tensors are outputs of {what}. Fix: detach() them between " \
+        f"iterations, e.g. {example}."
+
+
+def _diagnosis(root: int, nodes: set[int], registry: NodeRegistry,
+               calls: dict[int, tuple[str, int]], others: list[int],
+               children: dict[int, list[int]], holder: Holder | None,
+               ops_by_seq: dict[int, tuple[str, str]]) -> str:
     """What the graph's forward calls say about the leak, with the fix ("" if nothing)."""
     by_module: dict[str, dict[int, int]] = {}
     first_seq: dict[tuple[str, int], int] = {}
@@ -97,20 +115,17 @@ def _diagnosis(nodes: set[int], registry: NodeRegistry, calls: dict[int, tuple[s
         between = sum(bisect.bisect_left(others, b) > bisect.bisect_left(others, a)
                       for a, b in zip(starts, starts[1:], strict=False))
         count = f"{len(spanned)} forward calls of {top}"
-        if _reaches_back(nodes, node_call, children):
-            name = base_name(holder.name) if holder is not None and holder.name else "state"
-            fix = (f"`{name} = tuple(t.detach() for t in {name})`" if holder is not None
-                   and holder.name.startswith(f"{name}[") else f"`{name} = {name}.detach()`")
+        carried = _carried(nodes, node_call, children)
+        if carried:
+            fix = _fix(carried, registry, root, holder, ops_by_seq)
             if between:
                 return (f"undetached state: this graph spans {count}, iterations with a backward "
                         "between them, each call's graph reaching the previous one's through a "
                         "tensor carried from one iteration to the next, so every iteration's "
-                        f"graph stays alive. Fix: detach() the carried state between "
-                        f"iterations, e.g. {fix}.")
+                        f"graph stays alive; {fix}")
             return (f"this graph chains {count}, each call's graph reaching the previous one's "
                     "through a tensor passed from one call to the next. If each call is an "
-                    "iteration (truncated BPTT, a carried RNN state), detach() the carried state "
-                    f"between them, e.g. {fix}.")
+                    "iteration (truncated BPTT, a carried RNN state), " + fix[0].upper() + fix[1:])
         return (f"this graph joins {count}, combined after they ran (e.g. `total += loss` across "
                 "iterations), which keeps every call's graph alive. For a running total, add "
                 "`loss.item()` or `loss.detach()` instead.")
@@ -145,6 +160,9 @@ def find_leaks(registry: NodeRegistry, ops: pd.DataFrame, skip_frames: int = 0) 
             holders.update(in_heap(match, set(graphs) - holders.keys()))
     del caller
     calls, others = _forward_calls(ops)
+    ops_by_seq = dict(zip(ops["seq"].tolist(), zip(ops["op"].tolist(),
+                                                   ops["module"].tolist(), strict=True),
+                          strict=True))
     order = sorted(graphs, key=lambda r: (-sum(entries[s].nbytes for s in graphs[r][1]), r))
     counted_in: dict[int, int] = {}  # storage id -> the row that counts it
     rows = []
@@ -154,7 +172,8 @@ def find_leaks(registry: NodeRegistry, ops: pd.DataFrame, skip_frames: int = 0) 
         shared = [s for s in held if s in counted_in]
         counted_in.update((s, index) for s in mine)
         holder = holders.get(root)
-        notes = [_diagnosis(nodes, registry, calls, others, children, holder)]
+        notes = [_diagnosis(root, nodes, registry, calls, others, children, holder,
+                            ops_by_seq)]
         if shared:
             earlier = sorted({counted_in[s] for s in shared})
             notes.append(f"{format_bytes(sum(entries[s].nbytes for s in shared))} of what it "

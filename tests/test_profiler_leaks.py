@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -179,3 +180,34 @@ def test_bytes_of_nodes_the_profiler_did_not_record_get_their_own_row():
     assert leaks["root"].tolist()[-1] == "(unrecorded nodes)"
     del grad
     assert prof.held_bytes == 0 and prof.leaks().empty
+
+
+SCRIPT = """\
+import torch
+from torch import nn
+
+torch.manual_seed(0)
+rnn = nn.RNN(4, 8, batch_first=True)
+data = torch.randn(2, 6, 4)
+hidden = None
+for start in range(0, 6, 2):
+    out, hidden = rnn(data[:, start:start + 2], hidden)
+    out.pow(2).mean().backward(retain_graph=True)
+del out
+"""
+
+
+def test_a_script_run_by_the_cli_gets_its_globals_named_with_their_lines(tmp_path, capsys):
+    from profiling import cli
+
+    script = tmp_path / "bptt.py"
+    script.write_text(SCRIPT)
+    assert cli.main(["run", "--out", str(tmp_path / "out"), str(script)]) == 0
+    capsys.readouterr()
+    leaks = pd.read_csv(tmp_path / "out" / "leaks.csv", keep_default_na=False)
+    assert leaks["name"].tolist() == ["hidden"]  # not the runner's own variable holding it
+    row = leaks.iloc[0]
+    assert row["holder"] == f"global 'hidden' in module __main__ ({script}:9)"
+    assert row["line"] == 9
+    assert "3 forward calls of RNN" in row["message"] and "`hidden = hidden.detach()`" in \
+        row["message"]
