@@ -37,6 +37,7 @@ from profiling._launch import (
     run_module,
     run_script,
 )
+from profiling._plan_cli import add_plan_command
 
 PROG = "torchext-profile"
 DEFAULT_OUT = "profile_out"
@@ -303,6 +304,7 @@ def add_compare_command(subparsers: Any) -> None:
 SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     add_run_command,
     add_compare_command,
+    add_plan_command,
 )
 
 
