@@ -20,8 +20,14 @@ table gives medians, their ratios, and the added time as the median of same-roun
 (`paired_added_ms`). On a machine shared with other work, `--clock cpu --threads 1` measures
 CPU time instead of wall time, which other processes disturb far less.
 
+With `--compiled BACKEND` the layer is `torch.compile`d (compiled before timing) and the
+profilers time the compiled step, which runs compiled inside `profiling.profile` too. MemTracker
+and the empty dispatch mode are left out there: under them torch runs compiled code eagerly
+(they do not declare `ignore_compile_internals`), so their rows would time another program.
+
     python -m benchmarks.bench_profiler_overhead                 # CPU
     python -m benchmarks.bench_profiler_overhead --device cuda --out overhead.csv
+    python -m benchmarks.bench_profiler_overhead --compiled inductor
 """
 
 from __future__ import annotations
@@ -65,20 +71,22 @@ def make_step(args: argparse.Namespace, device: torch.device):
     torch.manual_seed(0)
     layer = torch.nn.TransformerEncoderLayer(args.d_model, args.nhead, args.dim_feedforward,
                                              batch_first=True, device=device)
+    model = layer if args.compiled is None else torch.compile(layer, backend=args.compiled)
     optimizer = torch.optim.Adam(layer.parameters(), lr=1e-4)
     x = torch.randn(args.batch, args.seq, args.d_model, device=device)
 
     def step() -> None:
-        loss = layer(x).square().mean()
+        loss = model(x).square().mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
 
-    step()  # optimizer state exists from here on
+    step()  # optimizer state exists from here on (and the compiled graphs)
     return step, (layer, optimizer, x)
 
 
-def tools(step: Callable[[], None], external: tuple, device: torch.device) -> dict:
+def tools(step: Callable[[], None], external: tuple, device: torch.device,
+          compiled: bool = False) -> dict:
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -107,9 +115,12 @@ def tools(step: Callable[[], None], external: tuple, device: torch.device) -> di
         with _CallEachOp():
             step()
 
-    return {"unprofiled": step, "profiling.profile": ours,
-            "profiling.profile+ops": ours_with_table, "torch.profiler": torch_profiler,
-            "MemTracker": mem_tracker, "TorchDispatchMode (empty)": dispatch_mode_floor}
+    candidates = {"unprofiled": step, "profiling.profile": ours,
+                  "profiling.profile+ops": ours_with_table, "torch.profiler": torch_profiler,
+                  "MemTracker": mem_tracker, "TorchDispatchMode (empty)": dispatch_mode_floor}
+    if compiled:  # under these two, torch runs the compiled step eagerly: not comparable
+        del candidates["MemTracker"], candidates["TorchDispatchMode (empty)"]
+    return candidates
 
 
 def measure(candidates: dict[str, Callable[[], None]], repeats: int, warmup: int,
@@ -162,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall time, or this process's CPU time (steadier on a busy "
                              "machine; with --threads 1 it is the step's own work)")
+    parser.add_argument("--compiled", metavar="BACKEND", choices=("inductor", "aot_eager"),
+                        help="torch.compile the layer with this backend (inductor, aot_eager)")
     parser.add_argument("--out", type=Path, help="write the table as CSV here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -172,10 +185,12 @@ def main(argv: list[str] | None = None) -> int:
 
     step, external = make_step(args, device)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
-    times = measure(tools(step, external, device), args.repeats, args.warmup, device, clock)
+    candidates = tools(step, external, device, compiled=args.compiled is not None)
+    times = measure(candidates, args.repeats, args.warmup, device, clock)
     baseline = statistics.median(times["unprofiled"])
     config = (f"TransformerEncoderLayer d_model={args.d_model} nhead={args.nhead} "
-              f"ff={args.dim_feedforward} batch={args.batch} seq={args.seq}, Adam step, "
+              f"ff={args.dim_feedforward} batch={args.batch} seq={args.seq}"
+              f"{'' if args.compiled is None else f', torch.compile({args.compiled})'}, Adam step, "
               f"{torch.get_num_threads()} threads, {args.clock} clock")
     device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else platform.processor() or platform.machine())

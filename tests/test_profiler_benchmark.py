@@ -46,3 +46,22 @@ def test_rounds_run_every_tool_once_in_changing_orders():
     assert list(times) == list("abcd") and all(len(t) == 12 for t in times.values())
     predecessors = {r[r.index("a") - 1] for r in rounds if r[0] != "a"}
     assert len(predecessors) > 1
+
+
+def test_compiled_overhead_benchmark_times_the_compiled_step_under_each_profiler(tmp_path):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    out = tmp_path / "compiled.csv"
+    code = bench_profiler_overhead.main([
+        "--d-model", "16", "--nhead", "2", "--dim-feedforward", "32", "--batch", "2",
+        "--seq", "4", "--repeats", "2", "--warmup", "0", "--compiled", "aot_eager",
+        "--out", str(out),
+    ])
+    assert code == 0
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    # the dispatch-mode tools that would run the compiled step eagerly are left out
+    assert [r["tool"] for r in rows] == ["unprofiled", "profiling.profile",
+                                         "profiling.profile+ops", "torch.profiler"]
+    assert "torch.compile(aot_eager)" in rows[0]["config"]
+    assert counters["stats"]["unique_graphs"] >= 1  # the layer was compiled
