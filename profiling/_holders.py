@@ -35,6 +35,9 @@ _SNAPSHOT_LOCALS = sys.version_info < (3, 13)
 _OPAQUE = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
            type, types.FrameType, types.CodeType, str, bytes, int, float, complex, bool)
 _STORES = {"STORE_FAST", "STORE_NAME", "STORE_DEREF", "STORE_GLOBAL"}
+# Objects of these packages hold no user tensor worth a name (the profiler's own never holds
+# one): not looked into, which keeps a scan of frames holding DataFrames and figures short.
+_NOT_LOOKED_INTO = (__name__.split(".")[0], "pandas", "numpy", "matplotlib")
 
 
 @dataclass(frozen=True)
@@ -57,22 +60,25 @@ def _locals_of(frame: types.FrameType) -> Iterator[dict]:
 
 
 def _children(value: object, expr: str) -> Iterator[tuple[object, str]]:
-    """(item, expression naming it) for what a container or an object holds."""
-    if isinstance(value, (tuple, list)):
+    """(item, expression naming it) for what a container or an object holds. Types are tested
+    with `type()`: `isinstance` reads `__class__`, which a lazy or deprecated object answers
+    with side effects (imports, warnings)."""
+    if issubclass(type(value), (tuple, list)):
         for index, item in enumerate(value):
             yield item, f"{expr}[{index}]"
-    elif isinstance(value, dict):
+    elif issubclass(type(value), dict):
         for key, item in list(value.items()):
             shown = repr(key) if isinstance(key, (str, int)) else "..."
             yield item, f"{expr}[{shown}]"
-    elif isinstance(value, nn.Module):
+    elif issubclass(type(value), nn.Module):
         for key, item in list(vars(value).items()):
             if key in ("_parameters", "_buffers", "_modules"):  # shown as model.attr
                 for sub, inner in list(item.items()):
                     yield inner, f"{expr}.{sub}"
             elif not key.startswith("_"):
                 yield item, f"{expr}.{key}"
-    elif not isinstance(value, _OPAQUE):
+    elif not issubclass(type(value), _OPAQUE) and \
+            type(value).__module__.split(".")[0] not in _NOT_LOOKED_INTO:
         try:  # an object without __dict__ may answer through its own __getattr__: anything
             attributes = list(vars(value).items())
         except Exception:
@@ -82,7 +88,7 @@ def _children(value: object, expr: str) -> Iterator[tuple[object, str]]:
 
 
 def is_module_globals(value: object) -> bool:
-    return isinstance(value, dict) and "__builtins__" in value and "__name__" in value
+    return issubclass(type(value), dict) and "__builtins__" in value and "__name__" in value
 
 
 Found = dict[int, tuple[str, "dict | None"]]  # target -> (expression, the globals it is in)
@@ -101,7 +107,7 @@ def search(value: object, expr: str, match: Callable[[torch.Tensor], int | None]
         if seen.get(id(value), MAX_DEPTH + 1) <= depth:
             continue
         seen[id(value)] = depth
-        if isinstance(value, torch.Tensor):
+        if issubclass(type(value), torch.Tensor):
             target = match(value)
             if target in wanted and target not in found:
                 found[target] = (expr, scope)
@@ -109,7 +115,7 @@ def search(value: object, expr: str, match: Callable[[torch.Tensor], int | None]
         if is_module_globals(value):
             queue.extend((item, str(key), 1, value) for key, item in list(value.items())
                          if not str(key).startswith("__"))
-        elif depth < MAX_DEPTH and not isinstance(value, _OPAQUE):
+        elif depth < MAX_DEPTH and not issubclass(type(value), _OPAQUE):
             queue.extend((item, name, depth + 1, scope)
                          for item, name in _children(value, expr))
 
@@ -207,9 +213,9 @@ def _path_to(obj: object, ignore: set[int], depth: int = 0) -> tuple[str, dict |
     container found."""
     deeper = depth + 1 < MAX_DEPTH
     for holder in gc.get_referrers(obj):
-        if id(holder) in ignore or isinstance(holder, types.FrameType):
+        if id(holder) in ignore or issubclass(type(holder), types.FrameType):
             continue
-        if isinstance(holder, dict):
+        if issubclass(type(holder), dict):
             key = next((k for k, v in list(holder.items()) if v is obj), None)
             if key is None:
                 continue
@@ -223,7 +229,7 @@ def _path_to(obj: object, ignore: set[int], depth: int = 0) -> tuple[str, dict |
                 return f"{outer or '<' + type(owner).__name__ + '>'}.{key}", scope
             outer, scope = _path_to(holder, ignore, depth + 1) if deeper else ("", None)
             return f"{outer or '<dict>'}[{key!r}]", scope
-        if isinstance(holder, (list, tuple)):
+        if issubclass(type(holder), (list, tuple)):
             index = next((i for i, v in enumerate(holder) if v is obj), None)
             if index is None:
                 continue
@@ -241,7 +247,7 @@ def in_heap(match: Callable[[torch.Tensor], int | None], wanted: set[int]) -> di
     for obj in objects:
         if len(holders) == len(wanted):
             break
-        if not isinstance(obj, torch.Tensor):
+        if not issubclass(type(obj), torch.Tensor):
             continue
         target = match(obj)
         if target in wanted and target not in holders:
