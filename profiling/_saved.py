@@ -180,3 +180,13 @@ class SavedLedger:
 
     def hooks(self) -> torch.autograd.graph.saved_tensors_hooks:
         return torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
+
+
+def drop_unpack_frame(error: BaseException) -> None:
+    """Cut the unpack hook's frame off the traceback of the version-check error it raised, so
+    that the error ends in torch's own frames, as it does without the profiler."""
+    tb, before = error.__traceback__, None
+    while tb is not None and tb.tb_next is not None:
+        tb, before = tb.tb_next, tb
+    if before is not None and tb.tb_frame.f_code is SavedLedger.unpack.__code__:
+        before.tb_next = None

@@ -80,6 +80,7 @@ import torch
 from ._graph import AutogradGraph, build_graph, node_first_savers
 from ._leaks import find_leaks
 from ._recorder import ROW_FIELDS, Recorder
+from ._saved import drop_unpack_frame
 from .distributed import (
     RankRecorder,
     collectives_frame,
@@ -141,6 +142,8 @@ class Profile:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.error = exc
+        if exc is not None:
+            drop_unpack_frame(exc)
         try:
             if self._rank_recorder is not None:
                 self._rank_recorder.stop()  # its dispatch mode sits above the recorder's
