@@ -14,7 +14,8 @@ nbformat = pytest.importorskip("nbformat", reason="the notebook extra: pip insta
 nbclient = pytest.importorskip("nbclient", reason="the notebook extra: pip install '.[notebook]'")
 pytest.importorskip("ipykernel", reason="the notebook extra: pip install '.[notebook]'")
 
-from profiling.tables import SAVED_NEW, format_bytes  # noqa: E402  (after the skips)
+from profiling.export import load_profile  # noqa: E402  (after the skips)
+from profiling.tables import SAVED_NEW, format_bytes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "examples" / "autograd_memory.ipynb"
@@ -23,7 +24,7 @@ N = 256
 
 MAGIC_CELLS = [
     "%load_ext profiling\nimport torch",
-    f"%%memprofile --top 3\nx = torch.randn({N}, {N}, requires_grad=True)\n"
+    f"%%memprofile --top 3 --out {{out}}\nx = torch.randn({N}, {N}, requires_grad=True)\n"
     "y = (x * x).sum()\ny.backward(retain_graph=True)\nprint('printed by the cell')\nx.shape",
     "%%memprofile\nraise ValueError('raised by the cell')",
     "after = _memprofile.error is None  # the profile of the failing cell was kept",
@@ -31,13 +32,19 @@ MAGIC_CELLS = [
 
 
 @pytest.fixture(scope="module")
-def executed() -> tuple[object, list[dict], int]:
+def magic_out(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("memprofile") / "cell"
+
+
+@pytest.fixture(scope="module")
+def executed(magic_out) -> tuple[object, list[dict], int]:
     """The example notebook, then `MAGIC_CELLS`, run in one kernel (a kernel start imports
     torch: seconds). Returns the notebook, each cell's execute_reply, and where MAGIC_CELLS
     start."""
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     first_magic = len(notebook.cells)
-    notebook.cells += [nbformat.v4.new_code_cell(source) for source in MAGIC_CELLS]
+    notebook.cells += [nbformat.v4.new_code_cell(source.replace("{out}", str(magic_out)))
+                       for source in MAGIC_CELLS]
     notebook.cells[first_magic + 2].metadata["tags"] = ["raises-exception"]
     replies: dict[int, dict] = {}
     client = nbclient.NotebookClient(
@@ -81,7 +88,7 @@ def _saved_storage_bytes(fn) -> int:
     return sum(storages.values())
 
 
-def test_memprofile_cell_shows_the_summary_and_behaves_like_the_cell(executed):
+def test_memprofile_cell_shows_the_summary_and_behaves_like_the_cell(executed, magic_out):
     notebook, replies, first = executed
     profiled, failing, after = notebook.cells[first + 1: first + 4]
     # the cell's own output, then its last value, as without the magic
@@ -98,6 +105,7 @@ def test_memprofile_cell_shows_the_summary_and_behaves_like_the_cell(executed):
     mul_row = _table_row(summary, "aten::mul.Tensor")
     assert mul_row[1:6] == ["forward", "1", format_bytes(saved), "0 B", format_bytes(2 * saved)]
     assert 'src="data:image/png;base64,' in summary  # the memory plot, embedded
+    assert load_profile(magic_out).held_bytes == saved  # --out saved the report folder
     # an exception: the same error output and a failed cell, and no frame of ours
     [error] = [o for o in failing.outputs if o["output_type"] == "error"]
     assert (error["ename"], error["evalue"]) == ("ValueError", "raised by the cell")
