@@ -442,3 +442,33 @@ def test_emit_uses_rich_on_a_terminal_and_plain_text_in_a_pipe(monkeypatch):
         printed = stream.getvalue()
         assert box in printed and "aten::sin" in printed and "Top ops" in printed
         assert "peak memory" in printed and "160 B" in printed
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+def _profiling_imports(module: str) -> set[str]:
+    import ast
+
+    tree = ast.parse((Path(__file__).parents[1] / "profiling" / f"{module}.py").read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            name = node.module if node.level == 0 else f"profiling.{node.module}"
+            if name == "profiling":  # `from profiling import html, plots`
+                found |= {f"profiling.{alias.name}" for alias in node.names}
+            elif name.startswith("profiling."):
+                found.add(name)
+    return found
+
+
+def test_writers_take_derived_tables_from_tables_and_not_from_each_other():
+    assert _profiling_imports("tables") == set()
+    for writer in ("html", "plots", "trace", "graph_svg"):
+        assert _profiling_imports(writer) <= {"profiling.tables"}, writer
+    assert _profiling_imports("compare") <= {"profiling.tables", "profiling.html"}  # its .md
+    assert _profiling_imports("_graph") <= {"profiling.tables", "profiling._saved"}
+    from profiling import compare, tables
+
+    assert html.format_bytes is plots.format_bytes is compare.format_bytes is tables.format_bytes
+    assert plots.module_totals is compare.module_totals is tables.module_totals
