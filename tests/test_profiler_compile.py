@@ -83,6 +83,25 @@ def test_compiled_module_rows_are_compiled_and_its_backward_row_is_the_compiled_
     assert str(ops.dtypes["compiled"]) == "bool"
 
 
+def test_compiled_rows_survive_the_json_and_csv_round_trip(tmp_path):
+    import pandas as pd
+
+    from profiling.export import load_profile
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: torch.sin(x).sum(), backend="aot_eager")
+    x = torch.randn(4, requires_grad=True)
+    compiled(x).backward()
+    with profile("cpu") as prof:
+        compiled(x).backward()
+    folder = prof.save(tmp_path / "run")
+    loaded = load_profile(folder)
+    pd.testing.assert_frame_equal(loaded.ops, prof.ops)
+    from_csv = pd.read_csv(folder / "ops.csv")
+    assert from_csv.compiled.tolist() == prof.ops.compiled.tolist()
+    assert prof.ops.compiled.sum() == 2 and loaded.meta["compile"] == prof.meta["compile"]
+
+
 def test_compiled_saved_bytes_equal_an_independent_count_where_eager_saves_more():
     torch._dynamo.reset()
 
