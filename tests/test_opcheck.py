@@ -1,4 +1,4 @@
-"""`torch.library.opcheck` over every `torchext::` custom op, on CPU.
+"""`torch.library.opcheck` over every `torchext::` custom op (on CPU, and on CUDA when present).
 
 opcheck checks what torch.compile and the dispatcher rely on and cannot see for themselves: the
 schema (no input mutated or aliased by an output, as `mutates_args=()` declares), the fake
@@ -92,11 +92,17 @@ def _check(name: str, args: tuple, test_utils: tuple[str, ...] = ALL_CHECKS) -> 
     assert results == dict.fromkeys(test_utils, "SUCCESS")
 
 
+def _on(device: str, args: tuple) -> tuple:
+    """`args` with each tensor on `device` (strides of dense tensors kept, requires_grad too)."""
+    return tuple(a.detach().to(device).requires_grad_(a.requires_grad)
+                 if isinstance(a, torch.Tensor) else a for a in args)  # fmt: skip
+
+
 @pytest.mark.parametrize("name", sorted(_float_samples(torch.float32)))
-def test_opcheck_float_ops(name, dtype):
+def test_opcheck_float_ops(name, dtype, device):
     checks = ALL_CHECKS if dtype == torch.float32 else EVERY_DTYPE_CHECKS
     for args in _float_samples(dtype)[name]:
-        _check(name, args, checks)
+        _check(name, _on(device, args), checks)
 
 
 @pytest.mark.parametrize("name", sorted(_integer_samples()))
