@@ -89,14 +89,8 @@ from .distributed import (
     rank_meta,
     save_rank,
 )
-from .tables import module_table
+from .tables import LIFETIMES_COLUMNS, OPS_COLUMNS, TIMELINE_COLUMNS, module_table
 
-OPS_COLUMNS = ["seq", "op", "phase", "module", "input_shapes", "dtype", "device",
-               "output_bytes", "saved_bytes", "saved_new_bytes", "live_bytes", "peak_bytes",
-               "time_ms", "compiled"]
-LIFETIME_COLUMNS = ["storage_id", "nbytes", "saved_by", "saved_seq", "module", "freed_seq",
-                    "freed_by", "freed_phase"]
-TIMELINE_COLUMNS = ["seq", "t_ms", "phase", "op", "live_bytes"]
 _OPS_DTYPES = {"seq": "int64", "output_bytes": "int64", "saved_bytes": "int64",
                "saved_new_bytes": "int64", "live_bytes": "int64", "peak_bytes": "int64",
                "time_ms": "float64", "op": "str", "phase": "str", "module": "str",
@@ -238,7 +232,7 @@ class Profile:
                 records.append((storage_id, entry.nbytes, row[1] if row else "", seq,
                                 row[3] if row else "", entry.freed_seq, entry.freed_by,
                                 entry.freed_phase))
-        frame = pd.DataFrame(sorted(records), columns=LIFETIME_COLUMNS)
+        frame = pd.DataFrame(sorted(records), columns=LIFETIMES_COLUMNS)
         return frame.astype({"storage_id": "int64", "nbytes": "int64", "saved_seq": "int64",
                              "freed_seq": "Int64"})
 

@@ -13,9 +13,11 @@ from typing import Any
 
 import pandas as pd
 
+# The columns of a profile's own tables (`prof.ops`, `prof.lifetimes`, `prof.timeline`, ...):
+# the profiler builds them with these, the CSV/JSON files keep them.
 OPS_COLUMNS = [
     "seq", "op", "phase", "module", "input_shapes", "dtype", "device", "output_bytes",
-    "saved_bytes", "saved_new_bytes", "live_bytes", "peak_bytes", "time_ms",
+    "saved_bytes", "saved_new_bytes", "live_bytes", "peak_bytes", "time_ms", "compiled",
 ]
 LIFETIMES_COLUMNS = [
     "storage_id", "nbytes", "saved_by", "saved_seq", "module", "freed_seq", "freed_by",

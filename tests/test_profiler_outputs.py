@@ -57,7 +57,8 @@ class FakeProfile:
                  held_bytes: int = 0, peak_bytes: int | None = None) -> None:
         self.ops = pd.DataFrame(ops, columns=OPS_COLUMNS).astype(
             {c: "int64" for c in ("seq", "output_bytes", "saved_bytes", "saved_new_bytes",
-                                  "live_bytes", "peak_bytes")} | {"time_ms": "float64"})
+                                  "live_bytes", "peak_bytes")}
+            | {"time_ms": "float64", "compiled": "bool"})
         end_ms = (self.ops["time_ms"].cumsum() + 0.5 * self.ops["seq"]).astype("float64")
         self.timeline = pd.DataFrame({
             "seq": self.ops["seq"], "t_ms": end_ms, "phase": self.ops["phase"],
@@ -87,12 +88,12 @@ def sin_chain_rows() -> list[tuple]:
     """3 sin ops on 8 float32 elements (32 B each), then their backward nodes."""
     f, b = "forward", "backward"
     return [
-        (0, "aten::sin", f, "enc", "[8]", "torch.float32", "cpu", 32, 32, 0, 64, 64, 0.5),
-        (1, "aten::sin", f, "enc", "[8]", "torch.float32", "cpu", 32, 32, 32, 96, 96, 0.25),
-        (2, "aten::sin", f, "", "[8]", "torch.float32", "cpu", 32, 32, 32, 128, 128, 0.25),
-        (3, "SinBackward0", b, "", "[8]", "torch.float32", "cpu", 32, 0, 0, 128, 160, 1.0),
-        (4, "SinBackward0", b, "enc", "[8]", "torch.float32", "cpu", 32, 0, 0, 96, 160, 1.0),
-        (5, "SinBackward0", b, "enc", "[8]", "torch.float32", "cpu", 32, 0, 0, 64, 128, 1.0),
+        (0, "aten::sin", f, "enc", "[8]", "torch.float32", "cpu", 32, 32, 0, 64, 64, 0.5, False),
+        (1, "aten::sin", f, "enc", "[8]", "torch.float32", "cpu", 32, 32, 32, 96, 96, 0.25, False),
+        (2, "aten::sin", f, "", "[8]", "torch.float32", "cpu", 32, 32, 32, 128, 128, 0.25, False),
+        (3, "SinBackward0", b, "", "[8]", "torch.float32", "cpu", 32, 0, 0, 128, 160, 1.0, False),
+        (4, "SinBackward0", b, "enc", "[8]", "torch.float32", "cpu", 32, 0, 0, 96, 160, 1.0, False),
+        (5, "SinBackward0", b, "enc", "[8]", "torch.float32", "cpu", 32, 0, 0, 64, 128, 1.0, False),
     ]
 
 
@@ -155,6 +156,18 @@ def test_save_profile_writes_every_file(saved_fake):
     for name in REPORT_FILES:
         assert (folder / name).stat().st_size > 0, name
     assert (folder / "graph.svg").exists() == (shutil.which("dot") is not None)
+
+
+def test_the_profiler_builds_its_tables_with_the_contract_columns():
+    from profiling import profile
+
+    x = torch.randn(4, requires_grad=True)
+    with profile("cpu") as prof:
+        x.sin().sum().backward()
+    assert list(prof.ops.columns) == OPS_COLUMNS
+    assert list(prof.lifetimes.columns) == LIFETIMES_COLUMNS
+    assert list(prof.timeline.columns) == TIMELINE_COLUMNS
+    assert list(prof.leaks().columns) == LEAKS_COLUMNS
 
 
 def test_csv_files_have_the_contract_columns_and_values(saved_fake):
@@ -375,7 +388,7 @@ def test_compare_profiles_numbers_are_exact(tmp_path):
     a = fake_profile()
     rows = sin_chain_rows()[1:]  # the first sin (and its saved 32 B) dropped; a new op added
     rows.append((6, "aten::cos", "forward", "dec", "[8]", "torch.float32", "cpu", 32, 32, 32,
-                 96, 200, 2.0))
+                 96, 200, 2.0, False))
     b = FakeProfile(rows, held_bytes=0)
     comparison = compare_profiles(a, b)
     ops = comparison.ops.set_index(["op", "phase"])
