@@ -13,7 +13,8 @@ that holds it; `shared_bytes` is what a row's graph holds beyond that, counted i
 whose graph reaches the previous call's graph means a tensor was carried between them undetached
 (the fix: `detach()` it); calls joined only at the end mean their results were combined, e.g. a
 running loss (the fix: `.item()`). Calls are runs of forward operators under the module, so two
-calls with no operator between them count as one.
+calls with no operator between them count as one. Code outside any module is judged by its
+forward passes, the runs of forward operators between backward passes.
 """
 
 from __future__ import annotations
@@ -33,25 +34,39 @@ UNSEEN_NODES = ("saved tensors held by autograd nodes the profiler did not recor
                 "built during backward with create_graph=True, or outside the block)")
 
 
-def _forward_calls(ops: pd.DataFrame) -> tuple[dict[int, tuple[str, int]], list[int]]:
-    """seq -> (top-level module, index of its forward call) for forward rows under a module,
-    and the seqs of the rows of other phases (backward, optimizer), sorted."""
-    calls: dict[int, tuple[str, int]] = {}
-    counts: dict[str, int] = {}
-    others: list[int] = []
-    previous = None
-    ordered = ops.sort_values("seq", kind="stable")
-    for seq, phase, module in zip(ordered["seq"].tolist(), ordered["phase"].tolist(),
-                                  ordered["module"].tolist(), strict=True):
-        if phase != "forward":
-            others.append(seq)
-        top = module.split(".")[0] if phase == "forward" and module else None
-        if top is not None and top != previous:
-            counts[top] = counts.get(top, 0) + 1
-        previous = top
-        if top is not None:
-            calls[seq] = (top, counts[top] - 1)
-    return calls, others
+class ForwardCalls:
+    """The forward calls of each top-level module, and the forward passes (runs of forward rows
+    between two rows of another phase: backward, optimizer), read from the ops table."""
+
+    def __init__(self, ops: pd.DataFrame) -> None:
+        self.of_module: dict[int, tuple[str, int]] = {}  # seq -> (module, its call index)
+        self.passes: dict[int, int] = {}  # seq -> forward pass index
+        self.others: list[int] = []  # seqs of the rows of other phases, sorted
+        self.ops: dict[int, tuple[str, str]] = {}  # seq -> (op, module)
+        counts: dict[str, int] = {}
+        passes, previous = 0, None
+        ordered = ops.sort_values("seq", kind="stable")
+        for seq, op, phase, module in zip(*(ordered[c].tolist() for c in
+                                            ("seq", "op", "phase", "module")), strict=True):
+            self.ops[seq] = (op, module)
+            if phase != "forward":
+                self.others.append(seq)
+                previous = None
+                continue
+            if previous is None:
+                passes += 1
+            self.passes[seq] = passes - 1
+            top = module.split(".")[0] if module else ""
+            if top and top != previous:
+                counts[top] = counts.get(top, 0) + 1
+            previous = top
+            if top:
+                self.of_module[seq] = (top, counts[top] - 1)
+
+    def separated(self, starts: list[int]) -> bool:
+        """Whether a row of another phase ran between each two consecutive of these seqs."""
+        index = [bisect.bisect_left(self.others, seq) for seq in starts]
+        return all(b > a for a, b in zip(index, index[1:], strict=False))
 
 
 def _carried(nodes: set[int], node_call: dict[int, int],
@@ -75,12 +90,12 @@ def _carried(nodes: set[int], node_call: dict[int, int],
 
 
 def _fix(carried: set[int], registry: NodeRegistry, root: int, holder: Holder | None,
-         ops_by_seq: dict[int, tuple[str, str]]) -> str:
+         calls: ForwardCalls) -> str:
     """How to detach: by the holder's name when it holds the latest of the carried tensors (its
     root is a node of the same kind: the same backward node, made in the same module)."""
-    made_by = sorted({ops_by_seq[registry.nodes[n].row_seq] for n in carried
-                      if registry.nodes[n].row_seq in ops_by_seq})
-    what = ", ".join(f"{op} in {module}" for op, module in made_by[:3])
+    made_by = sorted({calls.ops[registry.nodes[n].row_seq] for n in carried
+                      if registry.nodes[n].row_seq in calls.ops})
+    what = ", ".join(f"{op} in {module}" if module else op for op, module in made_by[:3])
     kind = (registry.nodes[root].name, registry.nodes[root].module)
     if holder is not None and holder.name and kind in {
             (registry.nodes[n].name, registry.nodes[n].module) for n in carried}:
@@ -93,32 +108,31 @@ def _fix(carried: set[int], registry: NodeRegistry, root: int, holder: Holder | 
         f"iterations, e.g. {example}."
 
 
-def _diagnosis(root: int, nodes: set[int], registry: NodeRegistry,
-               calls: dict[int, tuple[str, int]], others: list[int],
-               children: dict[int, list[int]], holder: Holder | None,
-               ops_by_seq: dict[int, tuple[str, str]]) -> str:
-    """What the graph's forward calls say about the leak, with the fix ("" if nothing)."""
-    by_module: dict[str, dict[int, int]] = {}
+def _diagnosis(root: int, nodes: set[int], registry: NodeRegistry, calls: ForwardCalls,
+               children: dict[int, list[int]], holder: Holder | None) -> str:
+    """What the graph's forward calls say about the leak, with the fix ("" if nothing): the
+    calls of a top-level module first, else the forward passes of code outside modules."""
+    spans: dict[str, dict[int, int]] = {}  # what -> {node: call index}
     first_seq: dict[tuple[str, int], int] = {}
     for node in nodes:
         seq = registry.nodes[node].row_seq
-        if seq is None or seq not in calls:
-            continue
-        top, call = calls[seq]
-        by_module.setdefault(top, {})[node] = call
-        first_seq[(top, call)] = min(seq, first_seq.get((top, call), seq))
-    for top, node_call in sorted(by_module.items(), key=lambda item: -len(set(item[1].values()))):
+        for what, call in ((calls.of_module.get(seq, (None, 0))), ("", calls.passes.get(seq))):
+            if what is None or call is None:
+                continue
+            spans.setdefault(what, {})[node] = call
+            first_seq[(what, call)] = min(seq, first_seq.get((what, call), seq))
+    ordered = sorted((w for w in spans if w), key=lambda w: -len(set(spans[w].values())))
+    for what in [*ordered, ""] if "" in spans else ordered:
+        node_call = spans[what]
         spanned = sorted(set(node_call.values()))
         if len(spanned) < 2:
             continue
-        starts = [first_seq[(top, call)] for call in spanned]
-        between = sum(bisect.bisect_left(others, b) > bisect.bisect_left(others, a)
-                      for a, b in zip(starts, starts[1:], strict=False))
-        count = f"{len(spanned)} forward calls of {top}"
+        count = f"{len(spanned)} forward calls of {what}" if what else \
+            f"{len(spanned)} forward passes"
         carried = _carried(nodes, node_call, children)
         if carried:
-            fix = _fix(carried, registry, root, holder, ops_by_seq)
-            if between:
+            fix = _fix(carried, registry, root, holder, calls)
+            if calls.separated([first_seq[(what, call)] for call in spanned]):
                 return (f"undetached state: this graph spans {count}, iterations with a backward "
                         "between them, each call's graph reaching the previous one's through a "
                         "tensor carried from one iteration to the next, so every iteration's "
@@ -126,9 +140,10 @@ def _diagnosis(root: int, nodes: set[int], registry: NodeRegistry,
             return (f"this graph chains {count}, each call's graph reaching the previous one's "
                     "through a tensor passed from one call to the next. If each call is an "
                     "iteration (truncated BPTT, a carried RNN state), " + fix[0].upper() + fix[1:])
-        return (f"this graph joins {count}, combined after they ran (e.g. `total += loss` across "
-                "iterations), which keeps every call's graph alive. For a running total, add "
-                "`loss.item()` or `loss.detach()` instead.")
+        if what:
+            return (f"this graph joins {count}, combined after they ran (e.g. `total += loss` "
+                    "across iterations), which keeps every call's graph alive. For a running "
+                    "total, add `loss.item()` or `loss.detach()` instead.")
     return ""
 
 
@@ -159,10 +174,7 @@ def find_leaks(registry: NodeRegistry, ops: pd.DataFrame, skip_frames: int = 0) 
         if len(holders) < len(graphs):
             holders.update(in_heap(match, set(graphs) - holders.keys()))
     del caller
-    calls, others = _forward_calls(ops)
-    ops_by_seq = dict(zip(ops["seq"].tolist(), zip(ops["op"].tolist(),
-                                                   ops["module"].tolist(), strict=True),
-                          strict=True))
+    calls = ForwardCalls(ops)
     order = sorted(graphs, key=lambda r: (-sum(entries[s].nbytes for s in graphs[r][1]), r))
     counted_in: dict[int, int] = {}  # storage id -> the row that counts it
     rows = []
@@ -172,8 +184,7 @@ def find_leaks(registry: NodeRegistry, ops: pd.DataFrame, skip_frames: int = 0) 
         shared = [s for s in held if s in counted_in]
         counted_in.update((s, index) for s in mine)
         holder = holders.get(root)
-        notes = [_diagnosis(root, nodes, registry, calls, others, children, holder,
-                            ops_by_seq)]
+        notes = [_diagnosis(root, nodes, registry, calls, children, holder)]
         if shared:
             earlier = sorted({counted_in[s] for s in shared})
             notes.append(f"{format_bytes(sum(entries[s].nbytes for s in shared))} of what it "

@@ -211,3 +211,19 @@ def test_a_script_run_by_the_cli_gets_its_globals_named_with_their_lines(tmp_pat
     assert row["line"] == 9
     assert "3 forward calls of RNN" in row["message"] and "`hidden = hidden.detach()`" in \
         row["message"]
+
+
+def test_a_state_carried_by_code_outside_any_module_is_found_by_its_forward_passes():
+    torch.manual_seed(0)
+    weight = torch.randn(4, 4, requires_grad=True)
+    steps = torch.randn(6, 4)
+    with profile("cpu") as prof:
+        h = torch.zeros(4)
+        for chunk in range(3):
+            for t in (2 * chunk, 2 * chunk + 1):
+                h = torch.tanh(steps[t] @ weight + h)
+            h.sum().backward(retain_graph=True)
+    row = prof.leaks().iloc[0]
+    assert row["name"] == "h" and row["held_bytes"] == prof.held_bytes > 0
+    assert row["message"].startswith("undetached state: this graph spans 3 forward passes")
+    assert "outputs of aten::tanh" in row["message"] and "`h = h.detach()`" in row["message"]
