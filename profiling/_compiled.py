@@ -351,11 +351,11 @@ class CompiledGraphs:
     def name_node(self, node: Any, record: Any) -> None:
         """Name a CompiledFunctionBackward node after its graph, and remember it."""
         cls = getattr(type(node), "_forward_cls", None)
-        if cls is None or cls not in self._wrapped:
+        name = None if cls is None else self._names.get(cls)  # kept after stop(): the block's
+        if name is None:  # last node is found then
             return
-        name = self._names.get(cls)
-        record.name = f"CompiledFunctionBackward[{name[0] if name else 'graph'}]"
-        if name and not record.module:
+        record.name = f"CompiledFunctionBackward[{name[0]}]"
+        if not record.module:
             record.module = name[1]
         self.nodes.add(record.node_id)
 

@@ -387,9 +387,9 @@ class Recorder:
 
     # ------------------------------------------------------------------ backward nodes
     def _hook_node(self, node: Any, node_id: int) -> None:
+        self.compiled.name_node(node, self.registry.nodes[node_id])
         if not self.stopped:
             self._handles.append(node.register_prehook(partial(self.on_node, node_id)))
-            self.compiled.name_node(node, self.registry.nodes[node_id])
 
     def on_node(self, node_id: int, grad_outputs: tuple) -> None:
         if self._pending is not None:

@@ -238,3 +238,23 @@ def test_where_torch_cannot_compile_under_the_profiler_it_says_so_once(monkeypat
         with profile("cpu") as again:
             compiled(x).backward()
     assert "EAGERLY" in again.meta["compile"]
+
+
+def test_held_bytes_and_the_leak_finder_cover_a_compiled_graph():
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: torch.sin(torch.sin(x)).sum(),
+                             backend="aot_eager_decomp_partition")
+    x = torch.randn(32, requires_grad=True)
+    compiled(x).backward()
+    kept, expected = saved_storage_bytes(compiled, x)  # its graph stays alive, unused
+    del kept
+    with profile("cpu") as prof:
+        kept_loss = compiled(x)  # never backpropagated: the compiled graph holds its saves
+    assert prof.held_bytes == expected > 0
+    leaks = prof.leaks()
+    assert len(leaks) == 1 and leaks.root.iloc[0].startswith("CompiledFunctionBackward[")
+    assert leaks.held_bytes.iloc[0] == expected
+    assert "kept_loss" in leaks.holder.iloc[0]
+    del kept_loss
+    assert prof.held_bytes == 0
+    assert prof.lifetimes.freed_phase.tolist() == ["after"]
