@@ -23,7 +23,7 @@ from torch.func import jvp, vjp
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import torchext
-from tests.conftest import assert_close
+from tests.conftest import TOLERANCES, assert_close
 
 aten = torch.ops.aten
 
@@ -84,8 +84,11 @@ def _math(ops: Counter, allowed: set) -> list[str]:
                   if f.namespace != "torchext" and f.overloadpacket not in allowed)  # fmt: skip
 
 
+_SAMPLES = torch.Generator().manual_seed(0)  # the same inputs on every run, whatever ran first
+
+
 def _rand(*shape: int) -> torch.Tensor:
-    return torch.randn(shape, dtype=torch.float64)
+    return torch.randn(shape, generator=_SAMPLES, dtype=torch.float64)
 
 
 # name: (torchext function, torch reference, float64 sample inputs)
@@ -158,7 +161,7 @@ def _float64(samples):
 @pytest.mark.parametrize("name", CASES)
 def test_derivatives_run_on_our_kernels_and_match_torch(name, mode, dtype):
     """No aten math op runs; the values are torch's reference in float64 on the same (rounded)
-    inputs, within `dtype`'s tolerance a few roundings of intermediate results wide."""
+    inputs."""
     ours, ref, _ = CASES[name]
     samples = _samples(name, dtype)
     with OpCounter() as counter:
@@ -169,7 +172,16 @@ def test_derivatives_run_on_our_kernels_and_match_torch(name, mode, dtype):
     assert len(actual) == len(expected)
     for a, e in zip(actual, expected, strict=True):
         assert a.dtype == dtype
-        assert_close(a.double(), e, dtype=dtype, scale=8)
+        _assert_close_normwise(a.double(), e, dtype)
+
+
+def _assert_close_normwise(actual: torch.Tensor, expected: torch.Tensor, dtype) -> None:
+    """Within `dtype`'s tolerance of the largest element, 8 roundings wide: a derivative's
+    element can be a sum of terms as large as the rest of the result that cancel, so in half
+    precision it is as exact as those terms are, not as itself (torch's own is no closer)."""
+    atol, rtol = TOLERANCES[dtype]
+    largest = expected.abs().max().item() if expected.numel() else 0.0
+    torch.testing.assert_close(actual, expected, atol=8 * (atol + rtol * largest), rtol=8 * rtol)
 
 
 # The compiled path's autograd: each custom op called directly, as torch.compile's graphs call it,

@@ -94,11 +94,12 @@ def _grads_with_graph(needs, grad, x, w, y, grad_w):
     if y is None:  # only w needs a gradient: linearise around the forward's w (see top)
         hessian_dw = matvec(x.mT, matvec(x, sub(w, w.detach())))
         return None, mul_tensors(sub(grad_w, hessian_dw, alpha=-2), grad_col), None
-    r = sub(matvec(x, w), y)
-    two_grad = mul(grad_col, 2)
-    grad_x = outer(r, mul_tensors(w, two_grad)) if needs_x else None
-    grad_w = mul_tensors(matvec(x.mT, r), two_grad) if needs_w else None
-    grad_y = mul_tensors(r, mul(two_grad, -1)) if needs_y else None
+    # The gradient reaching r, 2g·r, made once: grad is used once, so a derivative in grad sums
+    # one (m,) vector rather than three rounded partial sums (which cancel in half precision).
+    grad_r = mul_tensors(sub(matvec(x, w), y), mul(grad_col, 2))
+    grad_x = outer(grad_r, w) if needs_x else None
+    grad_w = matvec(x.mT, grad_r) if needs_w else None
+    grad_y = mul(grad_r, -1) if needs_y else None
     return grad_x, grad_w, grad_y
 
 
