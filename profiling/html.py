@@ -39,8 +39,8 @@ MODULE_TABLE_COLUMNS = ["module", "self_ops", "self_saved_bytes", "inclusive_sav
 # Column names shown to people: longest first, so "saved_new_bytes" wins over "saved_bytes".
 HEADERS = (
     ("saved_new_bytes", SAVED_NEW), ("saved_bytes", "saved"), ("peak_bytes", "peak"),
-    ("output_bytes", "output"), ("held_bytes", "held"), ("live_bytes", "live"),
-    ("time_ms", "time (ms)"),
+    ("output_bytes", "output"), ("held_bytes", "held"), ("shared_bytes", "shared"),
+    ("live_bytes", "live"), ("time_ms", "time (ms)"),
 )
 
 

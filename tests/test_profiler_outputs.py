@@ -293,6 +293,7 @@ def test_summary_md_has_the_tables(saved_fake):
     assert "| aten::sin | forward | 3 | 96 B | 64 B | 128 B | 1.000 |" in text
     assert "| SinBackward0 | backward | 3 | 0 B | 0 B | 160 B | 3.000 |" in text
     assert "| enc | 4 | 64 B | 64 B | 32 B | 32 B | 160 B | 2.750 | 2.750 |" in text
+    assert "| root | held | shared | holder | message |" in text
     assert "| SinBackward0 | 32 B | 0 B | global 'y' in module __main__ (run.py:3) |  |" in text
     assert "| freed during backward | 2 | 64 B |" in text
     assert "- **held by live graphs after the block**: 32 B" in text
