@@ -38,6 +38,7 @@ Tensors an `autograd.Function` inside a graph keeps as `ctx` attributes (AOTAuto
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 import types
@@ -57,9 +58,11 @@ _CALLS_USER_CODE = {"apply"}  # the Function.apply wrapper runs the user's forwa
 # turns Dynamo off itself, and reads what was on (torch < 2.9: compiled code running eagerly)
 _SWITCHES_DYNAMO_ITSELF = {"_dispatch_without_dynamo"}
 _marked_modules: set[str] = set()
+_modules_seen = 0  # len(sys.modules) at the last scan: no new module, nothing to mark
 _warned_eager = False
 
 
+@functools.cache
 def compiled_code_support() -> str:
     """"" when torch.compile'd code can run compiled under the profiler, else why not."""
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -102,6 +105,10 @@ def _codes(module: types.ModuleType) -> list[types.CodeType]:
 def keep_dynamo_out() -> None:
     """Mark the profiler's code objects so that Dynamo never compiles them, nor what they call
     (the `Function.apply` wrapper only skips itself: it calls the user's forward)."""
+    global _modules_seen
+    if len(sys.modules) == _modules_seen:
+        return
+    _modules_seen = len(sys.modules)
     from torch._C._dynamo.eval_frame import set_code_exec_strategy
     from torch._dynamo.types import FrameAction, FrameExecStrategy
 
