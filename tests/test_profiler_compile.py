@@ -258,3 +258,17 @@ def test_held_bytes_and_the_leak_finder_cover_a_compiled_graph():
     del kept_loss
     assert prof.held_bytes == 0
     assert prof.lifetimes.freed_phase.tolist() == ["after"]
+
+
+@pytest.mark.parametrize("way", ["eager", "aot_eager"])
+def test_compile_study_saved_bytes_match_a_count_outside_the_profiler(tmp_path, way):
+    from reports.studies import _common
+    from reports.studies import compile as study
+
+    torch._dynamo.reset()
+    ctx = _common.Context(device="cpu", size="tiny", out=tmp_path)
+    case = study._compiled_case("mlp", ctx, None if way == "eager" else way)
+    row, _ = study._measure_case(case, ctx)
+    _, expected = saved_storage_bytes(case.loss)
+    assert row["saved_bytes"] == expected > 0
+    assert row["compiled_rows"] == (0 if way == "eager" else 2)
