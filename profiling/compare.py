@@ -1,9 +1,11 @@
 """Diff two profiles: what a change (detach, checkpointing, retain_graph) bought, op by op.
 
-Both sides are aggregated the same way as the summary (`op_totals`, `module_totals`: bytes and
-time summed over calls, peak the highest of any call), then joined; a row present on one side
-only counts as zero calls and zero bytes on the other. `delta` is b - a and `ratio` is b / a
-(NaN where a is 0, because "how many times more than nothing" has no answer).
+Both sides are aggregated the same way as the summary (`op_totals`, and `module_table`'s
+inclusive figures: a module with the modules under it, so a root module's row is the model's
+change; bytes and time summed over calls, peak the highest of any call), then joined; a row
+present on one side only counts as zero calls and zero bytes on the other. `delta` is b - a
+and `ratio` is b / a (NaN where a is 0, because "how many times more than nothing" has no
+answer).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from profiling.html import Section, display_header, markdown_table
-from profiling.tables import format_bytes, module_totals, op_totals
+from profiling.tables import format_bytes, inclusive_module_totals, op_totals
 
 METRICS = ("calls", "saved_bytes", "saved_new_bytes", "peak_bytes", "time_ms")
 RATIO_METRICS = ("saved_bytes", "saved_new_bytes", "peak_bytes", "time_ms")
@@ -74,14 +76,14 @@ def _totals(prof: Any) -> dict[str, float]:
 def compare_profiles(a: Any, b: Any) -> ProfileComparison:
     """Compare profile `a` (before) with `b` (after): live `Profile`s or `load_profile` results.
 
-    `ops` has one row per (op, phase), `modules` one per module path, each with
+    `ops` has one row per (op, phase), `modules` one per module path (inclusive), each with
     `<metric>_a`, `<metric>_b`, `<metric>_delta` and (bytes, time) `<metric>_ratio` columns for
     calls, saved_bytes, saved_new_bytes, peak_bytes and time_ms, largest saved change first.
     `totals` has one row per whole-profile metric: [metric, a, b, delta, ratio].
     """
     ops_a, ops_b = a.ops, b.ops
     ops = _diff(op_totals(ops_a), op_totals(ops_b), ["op", "phase"])
-    modules = _diff(module_totals(ops_a), module_totals(ops_b), ["module"])
+    modules = _diff(inclusive_module_totals(ops_a), inclusive_module_totals(ops_b), ["module"])
     total_a, total_b = _totals(a), _totals(b)
     totals = pd.DataFrame({
         "metric": list(total_a),
@@ -132,7 +134,8 @@ def comparison_sections(comparison: ProfileComparison, top: int | None) -> list[
                 totals_for_display(comparison.totals), in_csv=False),
         Section("ops", f"{which} operator changes (by saved, then peak bytes)", ops,
                 ops[_shown_columns(["op", "phase"])]),
-        Section("modules", f"{which} module changes (by saved, then peak bytes)", modules,
+        Section("modules", f"{which} module changes, each module with the modules under it "
+                "(by saved, then peak bytes)", modules,
                 modules[_shown_columns(["module"])]),
     ]
 

@@ -143,6 +143,13 @@ def module_table(ops: pd.DataFrame) -> pd.DataFrame:
                          for c in MODULE_COLUMNS[1:]})
 
 
+def inclusive_module_totals(ops: pd.DataFrame) -> pd.DataFrame:
+    """`module_table`'s inclusive figures under the op totals' names (calls = operator rows)."""
+    table = module_table(ops)
+    return pd.DataFrame({"module": table["module"], "calls": table["inclusive_ops"],
+                         **{name: table[f"inclusive_{name}"] for name in MODULE_FIGURES}})
+
+
 def top_ops(ops: pd.DataFrame, n: int, by: str = "saved_bytes") -> pd.DataFrame:
     """The `n` (op, phase) rows of `op_totals` with the most `by` (> 0), ties by op name."""
     totals = op_totals(ops)

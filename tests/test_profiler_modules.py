@@ -169,3 +169,17 @@ def test_an_empty_profile_has_an_empty_module_table():
         pass
     assert prof.modules.empty and list(prof.modules.columns) == MODULE_COLUMNS
     assert module_table(prof.ops).dtypes["inclusive_time_ms"] == "float64"
+
+
+def test_compare_diffs_modules_inclusively_so_the_roots_row_is_the_models_change(profiled):
+    from profiling.compare import compare_profiles
+
+    prof, model, _ = profiled
+    with profile("cpu") as bigger:
+        run_step(model, torch.randn(6, 4)).backward()  # 3x the batch
+    modules = compare_profiles(prof, bigger).modules.set_index("module")
+    for name in ("saved_bytes", "saved_new_bytes"):
+        before, after = (p.ops[p.ops["module"].str.startswith("TinyLM")][name].sum()
+                         for p in (prof, bigger))
+        assert modules.loc["TinyLM", f"{name}_a"] == before
+        assert modules.loc["TinyLM", f"{name}_delta"] == after - before != 0

@@ -485,4 +485,5 @@ def test_writers_take_derived_tables_from_tables_and_not_from_each_other():
     from profiling import compare, tables
 
     assert html.format_bytes is plots.format_bytes is compare.format_bytes is tables.format_bytes
-    assert plots.module_totals is compare.module_totals is tables.module_totals
+    assert plots.module_totals is tables.module_totals
+    assert compare.inclusive_module_totals is tables.inclusive_module_totals
