@@ -31,7 +31,12 @@ _SEQ_LIMIT = 2**62  # AccumulateGrad nodes carry UINT64_MAX
 
 
 def _next_sequence_nr() -> int:
-    return torch._C._autograd._get_sequence_nr()
+    """The sequence number the next autograd node created on this thread gets."""
+    read = getattr(torch._C._autograd, "_get_sequence_nr", None)
+    if read is not None:
+        return read()
+    with torch._C._DisableTorchDispatch(), torch.enable_grad():  # older torch: make a node
+        return torch.empty(0, requires_grad=True).view(0).grad_fn._sequence_nr() + 1
 
 
 def tensors_in(value: Any) -> list[torch.Tensor]:

@@ -103,7 +103,7 @@ class _Steps:
         try:
             with profile(self.device, track=[*self.models, *self.optimizers]) as prof:
                 step()
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             return None
         return int(max(prof.meta["peak_bytes"], prof.ops.peak_bytes.max()
                        if len(prof.ops) else 0))

@@ -97,7 +97,11 @@ class CheckpointPlan:
                              f"\"{PLAN_FORMAT}\")")
         keys = ("budget", "baseline_peak", "predicted_peak", "measured_peak", "extra_time",
                 "max_grad_diff", "floor")
-        return cls(modules=list(data["modules"]), model=data.get("model", ""),
+        missing = [k for k in ("modules", *keys) if k not in data]
+        if missing or not isinstance(data["modules"], list):
+            raise ValueError(f"the checkpoint plan {str(path)!r} lacks {', '.join(missing)} "
+                             f"or its \"modules\" is not a list of names")
+        return cls(modules=[str(m) for m in data["modules"]], model=data.get("model", ""),
                    **{k: data[k] for k in keys})
 
     def summary(self) -> str:
@@ -221,31 +225,19 @@ def _max_difference(a: list[torch.Tensor | None], b: list[torch.Tensor | None]) 
 
 
 def _fixed_bytes(model: nn.Module, optimizers: list[torch.optim.Optimizer]) -> int:
-    """Parameters, their gradients, buffers and optimizer state: what no plan removes."""
-    seen: set[int] = set()
-    total = 0
-
-    def add(tensor: torch.Tensor) -> None:
-        nonlocal total
+    """Parameters, their gradients (allocated or to come), buffers and optimizer state: what
+    no checkpoint plan removes."""
+    storages: dict[int, int] = {}
+    tensors = [*model.parameters(), *model.buffers()]
+    tensors += [p.grad for p in model.parameters() if p.grad is not None]
+    tensors += [v for o in optimizers for state in o.state.values() for v in state.values()
+                if isinstance(v, torch.Tensor)]
+    for tensor in tensors:
         storage = tensor.untyped_storage()
-        if storage._cdata not in seen:
-            seen.add(storage._cdata)
-            total += storage.nbytes()
-
-    for p in model.parameters():
-        add(p)
-        if p.requires_grad:
-            total += p.numel() * p.element_size() if p.grad is None else 0
-            if p.grad is not None:
-                add(p.grad)
-    for b in model.buffers():
-        add(b)
-    for optimizer in optimizers:
-        for state in optimizer.state.values():
-            for value in state.values():
-                if isinstance(value, torch.Tensor):
-                    add(value)
-    return total
+        storages[storage._cdata] = storage.nbytes()
+    to_come = sum(p.numel() * p.element_size() for p in model.parameters()
+                  if p.requires_grad and p.grad is None)
+    return sum(storages.values()) + to_come
 
 
 def plan_checkpoints(step: Callable[[], Any], model: nn.Module, budget: int | float | str, *,
