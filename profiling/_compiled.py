@@ -22,9 +22,12 @@ How, on torch >= 2.9:
   the profiler's saved-tensor hooks count them, each storage once, as for eager ops.
 
 torch 2.4 to 2.8 have no `ignore_compile_internals`: Dynamo skips every frame while a dispatch
-mode is active, so compiled code runs eagerly inside the block (and before torch 2.13 a frame
-first called there stays uncompiled afterwards). The profiler then warns once, in the terminal
-and in the report (`meta["compile"]`), the first time compiled code runs eagerly in a block.
+mode is active, so compiled code runs eagerly inside the block, and a function first called
+there is marked skipped for good (still so in torch 2.13.0: `ConvertFrameReturn` applies the
+skip to the code object; pytorch#190287 makes it transient). The profiler then warns once, in
+the terminal and in the report (`meta["compile"]`), the first time compiled code runs eagerly
+in a block. torch 2.9 added `ignore_compile_internals` (pytorch#161648); from 2.10 Dynamo asks
+every mode on the stack (`inline_torch_dispatch_torch_compile`), which this mode answers too.
 
 Limits: a graph that needs no gradient (inputs without requires_grad, `torch.no_grad()`) is run
 by AOTAutograd without `CompiledFunction`, and a backend that does not use AOTAutograd (`eager`,
