@@ -277,6 +277,37 @@ def test_checkpointed_multihead_attention_is_profiled_as_it_runs():
     assert all(torch.equal(a, p.grad) for a, p in zip(plain, layer.parameters(), strict=True))
 
 
+def test_an_overshoot_tightens_the_budget_and_plans_again(monkeypatch):
+    """A prediction made too low on purpose (every row 20 KiB lighter): the first plan's
+    measured peak is over the budget, so the planner plans again for less and then fits."""
+    from profiling import _plan_model, planner
+
+    def optimistic(*args, **kwargs):
+        model = _plan_model.build_model(*args, **kwargs)
+        model.peaks = model.peaks - 20 * 1024
+        return model
+
+    monkeypatch.setattr(planner, "build_model", optimistic)
+    torch.manual_seed(0)
+    model = Chain(8, [64, 64, 64, 64])
+    step, optimizer = training_step(model, 128, 8)
+    step()
+    baseline = measured_peak(step, model, optimizer)
+    plan = plan_checkpoints(step, model, baseline - 40 * 1024, repeat=1)
+    assert len(plan.tries) >= 2
+    assert plan.tries[0]["measured_peak"] > plan.budget
+    assert plan.tries[1]["target"] < plan.tries[0]["target"]
+    assert plan.fits and plan.measured_peak == measured_peak(_planned(plan, model, step),
+                                                             model, optimizer)
+
+
+def _planned(plan, model, step):
+    def run():
+        with plan.applied(model):
+            step()
+    return run
+
+
 # ----------------------------------------------------------------------------- errors
 
 
