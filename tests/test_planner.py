@@ -177,6 +177,8 @@ def test_prediction_matches_measurement_on_three_architectures(make):
     assert abs(plan.predicted_peak - plan.measured_peak) <= (
         PREDICTION_TOLERANCE * plan.measured_peak)
     assert plan.fits and plan.max_grad_diff == 0.0
+    step()  # the optimizer's state exists, as in the planner's runs
+    assert measured_peak(_planned(plan, model, step), model, optimizer) == plan.measured_peak
 
 
 # ----------------------------------------------------------------------------- applying
