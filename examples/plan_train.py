@@ -1,6 +1,6 @@
 """A small training script to try `torchext-profile plan` on (README: "Checkpoint planner").
 
-    torchext-profile plan --budget 800KiB --out plan_out examples/plan_train.py --steps 2
+    torchext-profile plan --budget 1.7MiB --out plan_out examples/plan_train.py --steps 1
 
 Four residual blocks whose hidden activations dominate the step's memory, trained with SGD.
 """
