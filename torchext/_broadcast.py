@@ -23,7 +23,7 @@ def python_number(op: str, value) -> Number | None:
     """`value` as a plain bool/int/float if it is a real number (numpy's too), else None."""
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
         raise OverflowError(f"{op}: Python int {value} does not fit in int64")
-    if isinstance(value, bool | int | float):
+    if isinstance(value, (bool, int, float)):  # a tuple: torch 2.8's Dynamo can't trace `|`
         return value
     if isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real):
         raise TypeError(f"{op}: complex numbers are not supported (got {value!r}); use torch.{op}")
