@@ -39,13 +39,3 @@ def parse_budget(budget: int | float | str, what: str = "budget") -> int:
     if budget <= 0:
         raise ValueError(f"{what} must be positive, got {budget} bytes")
     return budget
-
-
-def format_bytes(nbytes: float) -> str:
-    """Bytes in the largest binary unit that keeps the number >= 1: "512 B", "1.50 GiB"."""
-    value = float(nbytes)
-    for unit in ("B", "KiB", "MiB"):
-        if abs(value) < 1024:
-            return f"{value:.0f} B" if unit == "B" else f"{value:.2f} {unit}"
-        value /= 1024
-    return f"{value:.2f} GiB"

@@ -26,9 +26,10 @@ from torch import nn
 from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from ._budget import format_bytes, parse_budget
+from ._budget import parse_budget
 from ._state import ModelState, OptimizerState
 from .profiler import profile
+from .tables import format_bytes
 
 MAX_TRIES = 8  # batches tried after the first two
 

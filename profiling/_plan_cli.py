@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from ._budget import format_bytes, parse_budget
+from ._budget import parse_budget
 from ._census import Census
 from ._checkpointing import CheckpointHandle
 from ._launch import (
@@ -35,6 +35,7 @@ from ._launch import (
 from ._plan_model import build_model
 from ._state import RandomState
 from .planner import CheckpointPlan
+from .tables import format_bytes
 
 DEFAULT_OUT = "plan_out"
 RETRIES = 2

@@ -37,12 +37,13 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from ._budget import format_bytes, parse_budget
+from ._budget import parse_budget
 from ._census import Census
 from ._checkpointing import CheckpointHandle
 from ._plan_model import build_model
 from ._state import StepState
 from .profiler import profile
+from .tables import format_bytes
 
 PLAN_FORMAT = "torchext-checkpoint-plan"
 
