@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint_sequential
 from profiling import apply_plan, plan_checkpoints, profile
 
 from .. import models
-from .._page import Page, human_bytes
+from .._page import Page, bar_plot, human_bytes
 from ._common import Context, compare_ms
 
 NAME = "planner"
@@ -191,6 +191,26 @@ def _answer(frame: pd.DataFrame) -> str:
         "; ".join(parts) + "."
 
 
+def _peaks_figure(frame: pd.DataFrame):
+    """Measured peak per strategy and model, over the model's unplanned peak."""
+    models = list(dict.fromkeys(frame.model))
+    kinds = [k for k in dict.fromkeys(frame.strategy.str.split(",").str[0]
+                                      .where(~frame.strategy.str.startswith("planner"),
+                                             frame.strategy))
+             if k != "no checkpointing"]
+    groups = {}
+    for kind in kinds:
+        values = []
+        for model in models:
+            part = frame[frame.model == model]
+            plain = part[part.strategy == "no checkpointing"].peak_bytes.iloc[0]
+            row = part[part.strategy.str.startswith(kind)]
+            values.append(float(row.peak_bytes.iloc[0]) / plain if len(row) else float("nan"))
+        groups[kind] = values
+    return bar_plot(models, groups, "Step peak with each checkpointing strategy",
+                    "measured peak / unplanned peak", reference=1.0)
+
+
 def run(ctx: Context) -> Page:
     page = Page(NAME, TITLE, ctx.out)
     frame = pd.concat([measure_model(name, ctx) for name in ("transformer", "lstm", "cnn")],
@@ -212,5 +232,8 @@ def run(ctx: Context) -> Page:
     shown = frame.drop(columns=["planner_measured_bytes"], errors="ignore")
     page.table(shown, "plans", {"time_ratio": ".2f", "max_grad_difference": ".1e"})
     page.csv(frame, "plans_raw", "All columns, the planner's own measurement included")
+    page.figure(_peaks_figure(frame), "peaks",
+                "measured peak of each strategy, as a fraction of the unplanned peak "
+                "(no bar: a budget below the floor, not run)")
     page.write(ctx.footer)
     return page
