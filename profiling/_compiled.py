@@ -54,7 +54,7 @@ import torch
 from torch.autograd.function import Function
 
 from ._dispatch import OpDispatcher
-from ._storage import NO_STORAGE, tensors_in
+from ._storage import NO_STORAGE, plain_tensors, tensors_in
 
 _GLOBAL_HOOK_WARNING = "Using `torch.compile(module)` when there are global hooks"
 _CALLS_USER_CODE = {"apply"}  # the Function.apply wrapper runs the user's forward
@@ -316,7 +316,7 @@ class CompiledGraphs:
         saved = tensors_in(getattr(ctx, "to_save", None) or ())
         saved += tensors_in(getattr(ctx, "_tensors_no_vc_check", None) or ())
         made = 0
-        for tensor in returned + saved:
+        for tensor in plain_tensors(returned + saved):
             try:
                 storage = tensor.untyped_storage()
             except NO_STORAGE:

@@ -36,7 +36,7 @@ from ._dispatch import OpDispatcher, op_info
 from ._graph import NodeRegistry, is_backward_running
 from ._modules import ModuleStack
 from ._saved import SavedLedger, context_outside_rows
-from ._storage import NO_STORAGE, StorageTracker, held_tensors, tensors_in
+from ._storage import NO_STORAGE, StorageTracker, held_tensors, is_wrapper_subclass, tensors_in
 from ._threads import ForeignAllocations
 
 Tensor = torch.Tensor
@@ -150,6 +150,7 @@ class Recorder:
         if self.cuda:
             self.foreign.start()
         self.count_from_start(*track)
+        self.storages.watch_resizes()
         self.modules.start(self.thread)
         self._handles.append(register_optimizer_step_pre_hook(
             self._optimizer_step))
@@ -252,6 +253,9 @@ class Recorder:
             inputs.extend(tensors_in(kwargs.values()))
         refs = storages.refs
         for tensor in inputs:
+            if type(tensor) is not Tensor and is_wrapper_subclass(tensor):
+                storages.track_all([tensor], False)
+                continue
             try:
                 storage = tensor.untyped_storage()
             except NO_STORAGE:
@@ -273,7 +277,7 @@ class Recorder:
         start = _perf_counter()
         out = call(*args, **kwargs)
         end = _perf_counter()
-        if isinstance(out, Tensor):
+        if isinstance(out, Tensor) and (type(out) is Tensor or not is_wrapper_subclass(out)):
             first = out
             try:
                 storage = out.untyped_storage()

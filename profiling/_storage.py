@@ -6,21 +6,29 @@ uses (a module it runs, an optimizer it steps, `track=`) count from the block's 
 `count_from_start` says which earlier rows must be raised by how much. A weak reference with a
 callback on its `torch.UntypedStorage` tells us when it is freed, as
 `torch.distributed._tools.mem_tracker` does: PyTorch keeps a storage's Python object alive exactly
-as long as the C++ storage, so the callback fires at the real free.
+as long as the C++ storage, so the callback fires at the real free. `UntypedStorage.resize_`
+bypasses the dispatcher (FSDP2 frees and re-allocates its unsharded parameters with it): the
+tracker wraps it for the block, as MemTracker's `_track_resize` does.
 Nothing here holds a tensor or a storage strongly.
 """
 
 from __future__ import annotations
 
+import functools
 import weakref
 from itertools import count
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 Tensor = torch.Tensor
 # What `untyped_storage()` raises for tensors without storage (subclasses, sparse, nested).
 NO_STORAGE = (RuntimeError, NotImplementedError, TypeError)
+# A traceable wrapper subclass (DTensor, Float8 and NF4 tensors): its own storage stands in at the
+# logical size and holds no bytes; the tensors `__tensor_flatten__` names hold them (on a rank,
+# a DTensor's `_local_tensor`). MemTracker counts such a tensor the same way.
+is_wrapper_subclass = is_traceable_wrapper_subclass
 
 
 class _StorageRef(weakref.ref):
@@ -39,6 +47,20 @@ class StorageTracker:
         self._ids = count()
         self.live: dict[torch.device, int] = {}
         self.peak: dict[torch.device, int] = {}
+        self._resize: Any = None  # torch.UntypedStorage.resize_ as it was before watch_resizes
+
+    def watch_resizes(self) -> None:
+        """Wrap `torch.UntypedStorage.resize_` until `stop`, so that each resize is accounted."""
+        resize, tracker = torch.UntypedStorage.resize_, self
+
+        @functools.wraps(resize)
+        def resize_(storage: torch.UntypedStorage, size: int) -> Any:
+            out = resize(storage, size)
+            tracker.resized(storage)
+            return out
+
+        self._resize = resize
+        torch.UntypedStorage.resize_ = resize_  # type: ignore[method-assign]
 
     def _on_free(self, ref: _StorageRef) -> None:
         if self.refs.get(ref.address) is ref:
@@ -61,8 +83,28 @@ class StorageTracker:
             self.peak[device] = live
         return ref
 
+    def resized(self, storage: torch.UntypedStorage) -> None:
+        """`storage.resize_` changed a tracked storage's size (FSDP2 frees and re-allocates its
+        unsharded parameters so): its bytes count at the new size from now on."""
+        ref = self.refs.get(storage._cdata)
+        if ref is None:
+            return
+        nbytes = storage.nbytes()
+        if nbytes == ref.nbytes:
+            return
+        device = ref.device
+        live = self.live[device] + nbytes - ref.nbytes
+        ref.nbytes = nbytes
+        self.live[device] = live
+        if live > self.peak.get(device, 0):
+            self.peak[device] = live
+
     def track(self, tensor: torch.Tensor, created: bool) -> _StorageRef | None:
-        """The record of `tensor`'s storage, tracking it if new (None: it has no storage)."""
+        """The record of `tensor`'s storage, tracking it if new (None: it has no storage). A
+        wrapper subclass's inner tensors are all tracked; the record is its largest one's."""
+        if type(tensor) is not Tensor and is_wrapper_subclass(tensor):
+            refs = [self.track(inner, created) for inner in plain_tensors([tensor])]
+            return max((r for r in refs if r is not None), key=lambda r: r.nbytes, default=None)
         try:
             storage = tensor.untyped_storage()
         except NO_STORAGE:
@@ -74,7 +116,7 @@ class StorageTracker:
     def track_all(self, tensors: list[torch.Tensor], created: bool) -> int:
         """Track each tensor's storage; the bytes of those not seen before."""
         refs, new_bytes = self.refs, 0
-        for tensor in tensors:
+        for tensor in plain_tensors(tensors):
             try:
                 storage = tensor.untyped_storage()
             except NO_STORAGE:
@@ -88,6 +130,8 @@ class StorageTracker:
         """Track what an operator returned (a tensor, or a list/tuple of them): the bytes of the
         storages not seen before. The single-tensor case, by far the most common, is inlined."""
         if isinstance(out, Tensor):
+            if type(out) is not Tensor and is_wrapper_subclass(out):
+                return self.track_all([out], True)
             try:
                 storage = out.untyped_storage()
             except NO_STORAGE:
@@ -105,7 +149,7 @@ class StorageTracker:
         caller raises the live and peak bytes of those earlier rows."""
         raised = []
         rows_now = len(self.rows)
-        for tensor in tensors:
+        for tensor in plain_tensors(tensors):
             try:
                 storage = tensor.untyped_storage()
             except NO_STORAGE:
@@ -125,8 +169,27 @@ class StorageTracker:
         return raised
 
     def stop(self) -> None:
-        """Forget every storage: drops the weak references, so no callback fires later."""
+        """Forget every storage: drops the weak references, so no callback fires later; puts
+        `resize_` back."""
         self.refs.clear()
+        if self._resize is not None:
+            torch.UntypedStorage.resize_ = self._resize  # type: ignore[method-assign]
+            self._resize = None
+
+
+def plain_tensors(tensors: list[Tensor]) -> list[Tensor]:
+    """`tensors`, each wrapper subclass replaced by the tensors inside it (recursively)."""
+    if all(type(t) is Tensor for t in tensors):
+        return tensors
+    plain = []
+    for tensor in tensors:
+        if type(tensor) is not Tensor and is_wrapper_subclass(tensor):
+            names, _ = tensor.__tensor_flatten__()  # type: ignore[attr-defined]
+            inner = (getattr(tensor, name) for name in names)  # may name opaque objects too
+            plain.extend(plain_tensors([t for t in inner if isinstance(t, Tensor)]))
+        else:
+            plain.append(tensor)
+    return plain
 
 
 def tensors_in(values: Any) -> list[Tensor]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ._storage import NO_STORAGE, StorageTracker
+from ._storage import NO_STORAGE, StorageTracker, plain_tensors
 
 _ALLOCATOR_BLOCK = 512  # the caching allocator rounds every block up to a multiple of this
 
@@ -41,7 +41,7 @@ class ForeignAllocations:
             return
         rows_now, refs = len(self.rows), self.storages.refs
         fresh = {}
-        for tensor in inputs:
+        for tensor in plain_tensors(inputs):
             try:
                 ref = refs.get(tensor.untyped_storage()._cdata)
             except NO_STORAGE:

@@ -181,3 +181,43 @@ def test_state_an_optimizer_creates_inside_the_block_counts_from_its_creation(fo
             optimizer.zero_grad()
     first = prof.ops.iloc[0]
     assert first.live_bytes - first.output_bytes == _nbytes(model.parameters())
+
+
+def _resizing_step() -> tuple[torch.Tensor, torch.Tensor]:
+    """Storages resized in place, as FSDP2 frees and re-allocates its unsharded parameters."""
+    a = torch.randn(128, 128)
+    y = a * 2
+    a.untyped_storage().resize_(0)  # 64 KiB freed outside the dispatcher
+    b = torch.randn(64, 64)
+    y.untyped_storage().resize_(FLOAT32 * 256 * 256)  # grown to 256 KiB
+    return (b + 1).sum(), y
+
+
+def _wrapper_subclass_step() -> torch.Tensor:
+    two = pytest.importorskip("torch.testing._internal.two_tensor")
+    pair = two.TwoTensor(torch.randn(64, 64), torch.randn(64, 64))
+    return (pair * 2).sum()
+
+
+@pytest.mark.parametrize("step", [_resizing_step, _wrapper_subclass_step])
+def test_resized_storages_and_wrapper_subclasses_count_as_memtracker_counts_them(step):
+    """`UntypedStorage.resize_` bypasses the dispatcher, and a wrapper subclass's own storage
+    stands at its logical size while its inner tensors hold the bytes (DTensor, TwoTensor)."""
+    reference = mem_tracker.MemTracker()
+    with reference:
+        result = step()
+    del result
+    with profile() as prof:
+        result = step()  # kept alive to the block's end, as in the reference
+    assert prof.meta["peak_bytes"] == (
+        reference.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"])
+    del result
+
+
+def test_resize_is_put_back_after_the_block_also_when_it_raises():
+    resize = torch.UntypedStorage.resize_
+    with pytest.raises(ValueError, match="in the block"):
+        with profile():
+            assert torch.UntypedStorage.resize_ is not resize  # watched inside
+            raise ValueError("in the block")
+    assert torch.UntypedStorage.resize_ is resize
