@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.modules.module import register_module_forward_pre_hook
 
 from ._graph import saved_attributes
+from ._storage import nested_tensors_in, storage_of
 
 _SEQ_LIMIT = 2**62  # AccumulateGrad nodes carry UINT64_MAX
 
@@ -37,27 +38,6 @@ def _next_sequence_nr() -> int:
         return read()
     with torch._C._DisableTorchDispatch(), torch.enable_grad():  # older torch: make a node
         return torch.empty(0, requires_grad=True).view(0).grad_fn._sequence_nr() + 1
-
-
-def tensors_in(value: Any) -> list[torch.Tensor]:
-    """Tensors in nested lists, tuples and dicts (args, kwargs, outputs)."""
-    found, stack = [], [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, torch.Tensor):
-            found.append(item)
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-    return found
-
-
-def _storage(tensor: torch.Tensor) -> torch.UntypedStorage | None:
-    try:
-        return tensor.untyped_storage()
-    except (RuntimeError, NotImplementedError, TypeError):
-        return None
 
 
 class Call:
@@ -75,7 +55,7 @@ class Call:
         self.seq_hi = self.seq_lo
         seen: dict[int, tuple[weakref.ref, int]] = {}
         for tensor in inputs:
-            storage = _storage(tensor)
+            storage = storage_of(tensor)
             if storage is not None and storage._cdata not in seen:
                 seen[storage._cdata] = (weakref.ref(storage), storage.nbytes())
         self.inputs = list(seen.values())
@@ -148,7 +128,7 @@ class Census:
             return  # the discovery hook recorded this call already
         parent = self._stack[-1] if self._stack else None
         call = Call(len(self.calls), label, path, module, parent,
-                    tensors_in(args) + tensors_in(kwargs))
+                    nested_tensors_in(args) + nested_tensors_in(kwargs))
         call.seq_hi = -1  # open
         if self._cuda_events:
             start = torch.cuda.Event(enable_timing=True)
@@ -170,7 +150,7 @@ class Census:
             call.events = (call.events[0], end)
         self.events.append(("exit", call))
         if call.parent is None and self._walk_graphs:
-            self._walk(call, tensors_in(output))
+            self._walk(call, nested_tensors_in(output))
 
     def forward_ms(self) -> dict[tuple[str, str], float]:
         """Milliseconds spent in each module's forward (its calls added up, nested calls in),
@@ -205,10 +185,10 @@ class Census:
         fixed: set[int] = set()
         for model in self.models.values():
             for tensor in (*model.parameters(), *model.buffers()):
-                storage = _storage(tensor)
+                storage = storage_of(tensor)
                 if storage is not None:
                     fixed.add(storage._cdata)
-        outside = {s._cdata for s in map(_storage, outputs) if s is not None}
+        outside = {s._cdata for s in map(storage_of, outputs) if s is not None}
         outside |= {key for key in (_alive_key(ref) for ref, _ in top.inputs) if key is not None}
         savers: dict[int, set[int]] = {}
         nbytes: dict[int, int] = {}
@@ -216,7 +196,7 @@ class Census:
             if call is None:
                 continue
             for tensor in _saved_tensors(node):
-                storage = _storage(tensor)
+                storage = storage_of(tensor)
                 if storage is None or storage._cdata in fixed or storage._cdata in outside:
                     continue
                 savers.setdefault(storage._cdata, set()).add(call.index)
@@ -281,7 +261,7 @@ def _saved_tensors(node: Any) -> list[torch.Tensor]:
             value = getattr(node, name)
         except RuntimeError:  # freed already, or modified in place since
             continue
-        tensors.extend(tensors_in(value))
+        tensors.extend(nested_tensors_in(value))
     return tensors
 
 

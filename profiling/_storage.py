@@ -105,9 +105,8 @@ class StorageTracker:
         if type(tensor) is not Tensor and is_wrapper_subclass(tensor):
             refs = [self.track(inner, created) for inner in plain_tensors([tensor])]
             return max((r for r in refs if r is not None), key=lambda r: r.nbytes, default=None)
-        try:
-            storage = tensor.untyped_storage()
-        except NO_STORAGE:
+        storage = storage_of(tensor)
+        if storage is None:
             return None
         address = storage._cdata
         ref = self.refs.get(address)
@@ -150,9 +149,8 @@ class StorageTracker:
         raised = []
         rows_now = len(self.rows)
         for tensor in plain_tensors(tensors):
-            try:
-                storage = tensor.untyped_storage()
-            except NO_STORAGE:
+            storage = storage_of(tensor)
+            if storage is None:
                 continue
             address = storage._cdata
             ref = self.refs.get(address)
@@ -201,6 +199,29 @@ def tensors_in(values: Any) -> list[Tensor]:
         elif isinstance(value, (list, tuple)):
             found.extend(v for v in value if isinstance(v, Tensor))
     return found
+
+
+def nested_tensors_in(value: Any) -> list[Tensor]:
+    """The tensors at any depth of nested lists, tuples and dicts (args, kwargs, outputs): for
+    the paths that run once per module call or collective, not for every op."""
+    found, stack = [], [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Tensor):
+            found.append(item)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+    return found
+
+
+def storage_of(tensor: Tensor) -> torch.UntypedStorage | None:
+    """`tensor`'s storage, None for a tensor without one (see `NO_STORAGE`)."""
+    try:
+        return tensor.untyped_storage()
+    except NO_STORAGE:
+        return None
 
 
 def held_tensors(objects: Any) -> list[Tensor]:

@@ -37,6 +37,8 @@ import pandas as pd
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ._storage import nested_tensors_in
+
 COLLECTIVE_NAMESPACES = ("c10d", "_c10d_functional", "_c10d_functional_autograd")
 NOT_COLLECTIVES = ("_c10d_functional::wait_tensor", "_c10d_functional::_wrap_tensor_autograd")
 # Schema arguments holding what a rank sends into a collective.
@@ -89,13 +91,7 @@ def _sent_bytes(func: Any, args: tuple, kwargs: dict) -> tuple[int, str, int]:
     for index, argument in enumerate(schema.arguments):
         if argument.name in SENT_ARGUMENTS:
             values.append(args[index] if index < len(args) else kwargs.get(argument.name))
-    tensors, stack = [], values
-    while stack:
-        value = stack.pop()
-        if isinstance(value, torch.Tensor):
-            tensors.append(value)
-        elif isinstance(value, (list, tuple)):
-            stack.extend(value)
+    tensors = nested_tensors_in(values)
     nbytes = sum(t.numel() * t.element_size() for t in tensors)
     dtype = str(tensors[0].dtype) if tensors else ""
     return nbytes, dtype, len(tensors)
