@@ -20,6 +20,9 @@ How, on torch >= 2.9:
   `TORCH_LOGS` and torch.profiler print it; a graph break starts a new frame id), and the node's
   row `CompiledFunctionBackward[...]`. Its saved tensors go through `ctx.save_for_backward`, so
   the profiler's saved-tensor hooks count them, each storage once, as for eager ops.
+- A graph that needs no gradient (inputs without requires_grad, `torch.no_grad()`) is run by
+  AOTAutograd without `CompiledFunction`. Inductor runs it through `CompiledFxGraph.__call__`,
+  wrapped for the block: a `CompiledGraph[...]` row, forward only.
 
 torch 2.4 to 2.8 have no `ignore_compile_internals`: Dynamo skips every frame while a dispatch
 mode is active, so compiled code runs eagerly inside the block, and a function first called
@@ -29,10 +32,10 @@ the terminal and in the report (`meta["compile"]`), the first time compiled code
 in a block. torch 2.9 added `ignore_compile_internals` (pytorch#161648); from 2.10 Dynamo asks
 every mode on the stack (`inline_torch_dispatch_torch_compile`), which this mode answers too.
 
-Limits: a graph that needs no gradient (inputs without requires_grad, `torch.no_grad()`) is run
-by AOTAutograd without `CompiledFunction`, and a backend that does not use AOTAutograd (`eager`,
-a backend returning `gm.forward`) runs Dynamo's graph as aten ops: those ops keep their own
-rows (`compiled` False). On the CPU, Inductor allocates its buffers without the dispatcher
+Limits: an inference graph of a backend without Inductor's code generation (`aot_eager`), and
+any graph of a backend that does not use AOTAutograd (`eager`, a backend returning
+`gm.forward`), run as aten ops: those ops keep their own rows (`compiled` False), which is what
+runs. On the CPU, Inductor allocates its buffers without the dispatcher
 (`empty_strided_cpu`): a compiled row's live and peak bytes count the storages it was given,
 returned and saved, not the scratch buffers it freed inside (on CUDA the allocator sees all).
 Tensors an `autograd.Function` inside a graph keeps as `ctx` attributes (AOTAutograd's
@@ -166,6 +169,11 @@ def _graph_name(frame: types.FrameType | None) -> tuple[str, str]:
 _TORCH_DIR = torch.__file__.rpartition("/")[0] + "/"
 
 
+class _CompiledGraph:
+    """What an Inductor inference graph's row is opened as (a Function's row opens as its
+    class)."""
+
+
 class CompiledGraphs:
     """The block's view of compiled code: hooks out of Dynamo's way, a row per graph call."""
 
@@ -181,6 +189,7 @@ class CompiledGraphs:
             weakref.WeakKeyDictionary())
         self._hidden: list[tuple[dict, int, Any]] = []
         self._apply_in_block: Any = None
+        self._inductor_call: Any = None  # CompiledFxGraph.__call__ before the block
         self._filter: tuple | None = None
         self._started = False
 
@@ -209,6 +218,10 @@ class CompiledGraphs:
         callback_handler.register_start_callback(self._compile_started)
         callback_handler.register_end_callback(self._compile_ended)
         self._wrap_new_classes()
+        from torch._inductor.output_code import CompiledFxGraph
+
+        self._inductor_call = CompiledFxGraph.__dict__["__call__"]
+        CompiledFxGraph.__call__ = self._inference_call_of(self._inductor_call)
 
     def stop(self) -> None:
         """Undo everything `start` did (also after a failure in the block)."""
@@ -224,6 +237,11 @@ class CompiledGraphs:
             except ValueError:
                 pass  # torch._dynamo.reset() cleared the callbacks already
         self._restore_hidden()
+        if self._inductor_call is not None:
+            from torch._inductor.output_code import CompiledFxGraph
+
+            CompiledFxGraph.__call__ = self._inductor_call
+            self._inductor_call = None
         for cls, (forward, backward) in self._wrapped.items():
             cls.forward, cls.backward = forward, backward
         self._wrapped.clear()
@@ -304,8 +322,31 @@ class CompiledGraphs:
 
         return compiled_forward
 
+    def _inference_call_of(self, call: Any) -> Any:
+        """Inductor runs each graph it compiled through `CompiledFxGraph.__call__`: a training
+        graph's inside its `CompiledFunction` row (or its backward node's row), an inference
+        graph (no input needs grad, or `torch.no_grad()`) on its own. Its kernels run unseen by
+        the dispatcher, so the latter gets a `CompiledGraph[...]` row here."""
+        recorder, graphs = self.recorder, self
+
+        def run_compiled_graph(graph, inputs):  # noqa: ANN001, ANN202
+            if (recorder is None or recorder.stopped or recorder.thread != _thread()
+                    or recorder._open is not None):
+                return call(graph, inputs)  # not this profile's, or inside an open row
+            name = _graph_name(sys._getframe(1))
+            row = recorder.enter_function(_CompiledGraph, tuple(inputs))
+            first_id = next(recorder.storages._ids)
+            outputs = None
+            try:
+                outputs = call(graph, inputs)  # boxed: it may empty `inputs`
+            finally:
+                graphs._close_forward(row, name, None, outputs, first_id, "CompiledGraph")
+            return outputs
+
+        return run_compiled_graph
+
     def _close_forward(self, row: Any, name: tuple[str, str], ctx: Any, outputs: Any,
-                       first_id: int) -> None:
+                       first_id: int, kind: str = "CompiledFunction") -> None:
         """Close the graph's row (`row` None: folded into the row open around it)."""
         recorder = self.recorder
         storages = recorder.storages
@@ -331,7 +372,7 @@ class CompiledGraphs:
             if recorder._open is not None:
                 recorder._open.output_bytes += made
             return
-        row.op = f"CompiledFunction[{name[0]}]"
+        row.op = f"{kind}[{name[0]}]"
         if not row.module:
             row.module = name[1]
         row.output_bytes += made

@@ -169,6 +169,7 @@ def test_a_compiled_torchext_op():
 
 
 def global_state() -> dict:
+    from torch._inductor.output_code import CompiledFxGraph
     from torch.nn.modules import module
     from torch.optim import optimizer
 
@@ -182,6 +183,8 @@ def global_state() -> dict:
         "dispatch modes": torch._C._len_torch_dispatch_stack(),
         "saved tensor hooks": torch._C._autograd._top_saved_tensors_default_hooks(True),
         "warning filters": list(warnings.filters),
+        "inductor graph call": CompiledFxGraph.__dict__["__call__"],
+        "storage resize": torch.UntypedStorage.resize_,
         "compiled classes": [(cls.__dict__["forward"], cls.__dict__["backward"])
                              for cls in Function.__subclasses__()
                              if cls.__name__ == "CompiledFunction"],
@@ -272,3 +275,22 @@ def test_compile_study_saved_bytes_match_a_count_outside_the_profiler(tmp_path, 
     _, expected = saved_storage_bytes(case.loss)
     assert row["saved_bytes"] == expected > 0
     assert row["compiled_rows"] == (0 if way == "eager" else 2)
+
+
+def test_an_inductor_inference_graph_is_one_compiled_row_with_its_output():
+    """Without grad, AOTAutograd runs Inductor's graph without a CompiledFunction, and its
+    kernels are unseen by the dispatcher: it is one `CompiledGraph[...]` row."""
+    torch._dynamo.reset()
+    model = torch.compile(MLP(8, 16, 2, 4))  # Inductor
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        expected = model(x)  # compiled outside the block
+    before = global_state()
+    with profile("cpu") as prof, torch.no_grad():
+        y = model(x)
+    torch.testing.assert_close(y, expected)
+    ops = prof.ops
+    assert len(ops) == 1 and ops.compiled.all()
+    assert ops.op[0].startswith("CompiledGraph[MLP.forward ") and ops.module[0] == "MLP"
+    assert ops.output_bytes[0] == y.untyped_storage().nbytes()  # what the graph returned
+    assert global_state() == before
