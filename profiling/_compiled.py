@@ -218,10 +218,6 @@ class CompiledGraphs:
         callback_handler.register_start_callback(self._compile_started)
         callback_handler.register_end_callback(self._compile_ended)
         self._wrap_new_classes()
-        from torch._inductor.output_code import CompiledFxGraph
-
-        self._inductor_call = CompiledFxGraph.__dict__["__call__"]
-        CompiledFxGraph.__call__ = self._inference_call_of(self._inductor_call)
 
     def stop(self) -> None:
         """Undo everything `start` did (also after a failure in the block)."""
@@ -238,9 +234,8 @@ class CompiledGraphs:
                 pass  # torch._dynamo.reset() cleared the callbacks already
         self._restore_hidden()
         if self._inductor_call is not None:
-            from torch._inductor.output_code import CompiledFxGraph
-
-            CompiledFxGraph.__call__ = self._inductor_call
+            sys.modules["torch._inductor.output_code"].CompiledFxGraph.__call__ = (
+                self._inductor_call)
             self._inductor_call = None
         for cls, (forward, backward) in self._wrapped.items():
             cls.forward, cls.backward = forward, backward
@@ -294,6 +289,14 @@ class CompiledGraphs:
 
     # ------------------------------------------------------------------ compiled graph rows
     def _wrap_new_classes(self) -> None:
+        """Wrap what runs compiled graphs and is not wrapped yet: each `CompiledFunction` class,
+        and Inductor's `CompiledFxGraph.__call__` once Inductor is imported (not before: importing
+        it would slow every profile's start)."""
+        output_code = sys.modules.get("torch._inductor.output_code")  # imported once it is used
+        if output_code is not None and self._inductor_call is None:
+            graph = output_code.CompiledFxGraph
+            self._inductor_call = graph.__dict__["__call__"]
+            graph.__call__ = self._inference_call_of(self._inductor_call)
         for cls in Function.__subclasses__():
             if cls not in self._wrapped and _is_compiled_function(cls):
                 forward, backward = cls.__dict__["forward"], cls.__dict__["backward"]
