@@ -333,8 +333,7 @@ class CompiledGraphs:
         recorder, graphs = self.recorder, self
 
         def run_compiled_graph(graph, inputs):  # noqa: ANN001, ANN202
-            if (recorder is None or recorder.stopped or recorder.thread != _thread()
-                    or recorder._open is not None):
+            if recorder.stopped or recorder.thread != _thread() or recorder._open is not None:
                 return call(graph, inputs)  # not this profile's, or inside an open row
             name = _graph_name(sys._getframe(1))
             row = recorder.enter_function(_CompiledGraph, tuple(inputs))
