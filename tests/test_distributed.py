@@ -97,7 +97,8 @@ model.zero_grad(set_to_none=True)
 with profile(device, track=[model]) as prof:
     model(torch.randn(4, {FSDP_WIDTH}, device=device)).sum().backward()
 prof.save(out)
-reference = tracker.get_tracker_snapshot("peak")[torch.device(device)]["Total"]
+reference = next(snapshot["Total"] for where, snapshot  # cuda:R on a GPU rank
+                 in tracker.get_tracker_snapshot("peak").items() if where.type == device)
 with open(f"{{out}}/rank{{dist.get_rank()}}/memtracker_peak.json", "w") as file:
     json.dump(reference, file)
 dist.destroy_process_group()
