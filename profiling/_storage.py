@@ -77,11 +77,14 @@ class StorageTracker:
         ref.rows_before = len(self.rows)
         ref.from_start = False
         self.refs[address] = ref
+        self._grow(device, nbytes)
+        return ref
+
+    def _grow(self, device: torch.device, nbytes: int) -> None:
         live = self.live.get(device, 0) + nbytes
         self.live[device] = live
         if live > self.peak.get(device, 0):
             self.peak[device] = live
-        return ref
 
     def resized(self, storage: torch.UntypedStorage) -> None:
         """`storage.resize_` changed a tracked storage's size (FSDP2 frees and re-allocates its
@@ -92,12 +95,9 @@ class StorageTracker:
         nbytes = storage.nbytes()
         if nbytes == ref.nbytes:
             return
-        device = ref.device
-        live = self.live[device] + nbytes - ref.nbytes
+        change = nbytes - ref.nbytes  # negative when freed
         ref.nbytes = nbytes
-        self.live[device] = live
-        if live > self.peak.get(device, 0):
-            self.peak[device] = live
+        self._grow(ref.device, change)
 
     def track(self, tensor: torch.Tensor, created: bool) -> _StorageRef | None:
         """The record of `tensor`'s storage, tracking it if new (None: it has no storage). A
