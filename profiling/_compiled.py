@@ -167,6 +167,8 @@ def _graph_name(frame: types.FrameType | None) -> tuple[str, str]:
 
 
 _TORCH_DIR = torch.__file__.rpartition("/")[0] + "/"
+# CompiledFunction class -> its graph's (name, module class): one graph, one name, in every block
+_graph_names: weakref.WeakKeyDictionary[type, tuple[str, str]] = weakref.WeakKeyDictionary()
 
 
 class _CompiledGraph:
@@ -185,8 +187,6 @@ class CompiledGraphs:
         self.calls = 0
         self.support = ""
         self._wrapped: dict[type, tuple[Any, Any]] = {}  # class -> its own forward, backward
-        self._names: weakref.WeakKeyDictionary[type, tuple[str, str]] = (
-            weakref.WeakKeyDictionary())
         self._hidden: list[tuple[dict, int, Any]] = []
         self._apply_in_block: Any = None
         self._inductor_call: Any = None  # CompiledFxGraph.__call__ before the block
@@ -297,8 +297,10 @@ class CompiledGraphs:
             graph = output_code.CompiledFxGraph
             self._inductor_call = graph.__dict__["__call__"]
             graph.__call__ = self._inference_call_of(self._inductor_call)
-        for cls in Function.__subclasses__():
-            if cls not in self._wrapped and _is_compiled_function(cls):
+        wrapped = self._wrapped
+        for cls in Function.__subclasses__():  # hundreds: the name first, it is the cheap test
+            if cls.__name__ == "CompiledFunction" and cls not in wrapped and (
+                    _is_compiled_function(cls)):
                 forward, backward = cls.__dict__["forward"], cls.__dict__["backward"]
                 self._wrapped[cls] = (forward, backward)
                 cls.forward = staticmethod(self._forward_of(cls, forward.__func__))
@@ -310,9 +312,9 @@ class CompiledGraphs:
         def compiled_forward(ctx, *args):  # noqa: ANN001, ANN202
             if recorder.stopped or recorder.thread != _thread():  # not this profile's
                 return forward(ctx, *args)
-            name = graphs._names.get(cls)
+            name = _graph_names.get(cls)
             if name is None:
-                name = graphs._names[cls] = _graph_name(sys._getframe(1))
+                name = _graph_names[cls] = _graph_name(sys._getframe(1))
             row = recorder.enter_function(cls, args)
             # storages seen from here on were made by the graph (ids only grow)
             first_id = next(recorder.storages._ids)
@@ -404,7 +406,7 @@ class CompiledGraphs:
     def name_node(self, node: Any, record: Any) -> None:
         """Name a CompiledFunctionBackward node after its graph, and remember it."""
         cls = getattr(type(node), "_forward_cls", None)
-        name = None if cls is None else self._names.get(cls)  # kept after stop(): the block's
+        name = None if cls is None else _graph_names.get(cls)  # kept after stop(): the block's
         if name is None:  # last node is found then
             return
         record.name = f"CompiledFunctionBackward[{name[0]}]"

@@ -82,7 +82,11 @@ class OpDispatcher(TorchDispatchMode):
 def _dispatch_without_dynamo(self: OpDispatcher, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN201
     # What `torch._disable_dynamo` does around a mode's `__torch_dispatch__` (Dynamo's frame
     # hook off while the profiler runs), without its two wrapper frames and stance lookups,
-    # which every op of the block would pay.
+    # which every op of the block would pay. Where compiled code runs compiled, the profiler's
+    # code objects are marked for Dynamo to skip with all they call (`_compiled.keep_dynamo_out`):
+    # the handler runs with the hook off already, and switching it here would be paid twice.
+    if self.compiled_code_runs_compiled:
+        return self.handle(func, args, kwargs or {})
     prior = _set_eval_frame(None)
     try:
         if prior and self.ran_eagerly is not None and not self.compiled_code_runs_compiled:

@@ -36,7 +36,14 @@ from ._dispatch import OpDispatcher, op_info
 from ._graph import NodeRegistry, is_backward_running
 from ._modules import ModuleStack
 from ._saved import SavedLedger, context_outside_rows
-from ._storage import NO_STORAGE, StorageTracker, held_tensors, is_wrapper_subclass, tensors_in
+from ._storage import (
+    NO_STORAGE,
+    StorageTracker,
+    held_tensors,
+    is_wrapper_subclass,
+    storage_address,
+    tensors_in,
+)
 from ._threads import ForeignAllocations
 
 Tensor = torch.Tensor
@@ -48,6 +55,7 @@ _thread_id = threading.get_ident
 _MARKER_ENTER = ("profiler::_record_function_enter_new", "profiler::_record_function_enter")
 _MARKER_EXIT = "profiler::_record_function_exit"
 _STEP_MARKER = "Optimizer.step#"  # the name `Optimizer.profile_hook_step` gives every step
+_OP_INFO: dict[int, tuple[str, Any, Any]] = {}  # id(func) -> (*op_info(func), func): per process
 
 # Row fields, in order (input_shapes holds raw shape tuples until the DataFrame is built).
 ROW_FIELDS = ("seq", "op", "phase", "module", "input_shapes", "dtype", "device", "output_bytes",
@@ -97,7 +105,6 @@ class Recorder:
         self.t0 = 0.0
         self._open: _OpenRow | None = None
         self._pending: tuple[int, str, weakref.ref] | None = None
-        self._ops: dict[int, tuple[str, Any]] = {}  # id(func) -> op_info(func)
         self._handles: list[Any] = []
         self.compiled = CompiledGraphs(self)
         self._mode = OpDispatcher(self.on_op, self.compiled.ran_eagerly)
@@ -228,13 +235,14 @@ class Recorder:
 
     # ------------------------------------------------------------------ forward ops
     def on_op(self, func: Any, args: tuple, kwargs: dict) -> Any:
-        # The hot path: runs for every aten op, so it binds locals and calls little.
+        # The hot path: runs for every aten op, so it binds locals, inlines the common cases
+        # (plain tensors, known storages) and calls little.
         if self._pending is not None:
             self.discover_pending()
-        op = self._ops.get(id(func))  # OpOverloads live forever; hashing them is slow
+        op = _OP_INFO.get(id(func))  # OpOverloads live forever; hashing them is slow
         if op is None:
-            op = self._ops[id(func)] = op_info(func)
-        name, call = op
+            op = _OP_INFO[id(func)] = (*op_info(func), func)  # holding func keeps its id unique
+        name, call, _ = op
         if not name:  # profiler markers: no row
             return self._on_marker(func, call, args, kwargs)
         storages = self.storages
@@ -248,7 +256,12 @@ class Recorder:
             if live > open_row.peak:
                 open_row.peak = live
             return out
-        inputs = tensors_in(args)
+        inputs = []
+        for value in args:
+            if isinstance(value, Tensor):
+                inputs.append(value)
+            elif isinstance(value, (list, tuple)):
+                inputs.extend(tensors_in(value))
         if kwargs:
             inputs.extend(tensors_in(kwargs.values()))
         refs = storages.refs
@@ -257,11 +270,11 @@ class Recorder:
                 storages.track_all([tensor], False)
                 continue
             try:
-                storage = tensor.untyped_storage()
+                if storage_address(tensor) not in refs:
+                    storage = tensor.untyped_storage()
+                    storages.add(storage, storage._cdata, False)
             except NO_STORAGE:
                 continue
-            if storage._cdata not in refs:
-                storages.add(storage, storage._cdata, False)
         if open_row is not None:  # folded into a custom Function's row
             out = call(*args, **kwargs)
             open_row.output_bytes += storages.track_output(out)
@@ -280,12 +293,12 @@ class Recorder:
         if isinstance(out, Tensor) and (type(out) is Tensor or not is_wrapper_subclass(out)):
             first = out
             try:
-                storage = out.untyped_storage()
-                address = storage._cdata
-                output_bytes = 0 if address in refs else storages.add(storage, address,
-                                                                      True).nbytes
-            except NO_STORAGE:
                 output_bytes = 0
+                if storage_address(out) not in refs:
+                    storage = out.untyped_storage()
+                    output_bytes = storages.add(storage, storage._cdata, True).nbytes
+            except NO_STORAGE:
+                pass
         else:
             outputs = _outputs(out)
             output_bytes = storages.track_all(outputs, True) if outputs else 0

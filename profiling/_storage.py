@@ -25,10 +25,23 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 Tensor = torch.Tensor
 # What `untyped_storage()` raises for tensors without storage (subclasses, sparse, nested).
 NO_STORAGE = (RuntimeError, NotImplementedError, TypeError)
-# A traceable wrapper subclass (DTensor, Float8 and NF4 tensors): its own storage stands in at the
-# logical size and holds no bytes; the tensors `__tensor_flatten__` names hold them (on a rank,
-# a DTensor's `_local_tensor`). MemTracker counts such a tensor the same way.
-is_wrapper_subclass = is_traceable_wrapper_subclass
+# The address of a tensor's StorageImpl (`untyped_storage()._cdata`) without making a Python
+# storage object: half the cost on the hot path, where most storages are known already.
+storage_address = getattr(torch._C, "_storage_address",
+                          lambda tensor: tensor.untyped_storage()._cdata)
+_wrapper_types: dict[type, bool] = {Tensor: False, torch.nn.Parameter: False}
+
+
+def is_wrapper_subclass(tensor: Tensor) -> bool:
+    """A traceable wrapper subclass (DTensor, Float8 and NF4 tensors): its own storage stands in
+    at the logical size and holds no bytes; the tensors `__tensor_flatten__` names hold them (on
+    a rank, a DTensor's `_local_tensor`). MemTracker counts such a tensor the same way. Decided
+    once per type: the hot path asks it for every Parameter."""
+    cls = type(tensor)
+    known = _wrapper_types.get(cls)
+    if known is None:
+        known = _wrapper_types[cls] = is_traceable_wrapper_subclass(tensor)
+    return known
 
 
 class _StorageRef(weakref.ref):
@@ -105,24 +118,26 @@ class StorageTracker:
         if type(tensor) is not Tensor and is_wrapper_subclass(tensor):
             refs = [self.track(inner, created) for inner in plain_tensors([tensor])]
             return max((r for r in refs if r is not None), key=lambda r: r.nbytes, default=None)
-        storage = storage_of(tensor)
-        if storage is None:
+        try:
+            ref = self.refs.get(storage_address(tensor))
+            if ref is not None:
+                return ref
+            storage = tensor.untyped_storage()
+        except NO_STORAGE:
             return None
-        address = storage._cdata
-        ref = self.refs.get(address)
-        return ref if ref is not None else self.add(storage, address, created)
+        return self.add(storage, storage._cdata, created)
 
     def track_all(self, tensors: list[torch.Tensor], created: bool) -> int:
         """Track each tensor's storage; the bytes of those not seen before."""
         refs, new_bytes = self.refs, 0
         for tensor in plain_tensors(tensors):
             try:
+                if storage_address(tensor) in refs:
+                    continue
                 storage = tensor.untyped_storage()
             except NO_STORAGE:
                 continue
-            address = storage._cdata
-            if address not in refs:
-                new_bytes += self.add(storage, address, created).nbytes
+            new_bytes += self.add(storage, storage._cdata, created).nbytes
         return new_bytes
 
     def track_output(self, out: Any) -> int:
@@ -132,11 +147,12 @@ class StorageTracker:
             if type(out) is not Tensor and is_wrapper_subclass(out):
                 return self.track_all([out], True)
             try:
+                if storage_address(out) in self.refs:
+                    return 0
                 storage = out.untyped_storage()
             except NO_STORAGE:
                 return 0
-            address = storage._cdata
-            return 0 if address in self.refs else self.add(storage, address, True).nbytes
+            return self.add(storage, storage._cdata, True).nbytes
         if isinstance(out, (tuple, list)):
             return self.track_all(tensors_in(out), True)
         return 0
@@ -149,12 +165,13 @@ class StorageTracker:
         raised = []
         rows_now = len(self.rows)
         for tensor in plain_tensors(tensors):
-            storage = storage_of(tensor)
-            if storage is None:
+            try:
+                ref = self.refs.get(storage_address(tensor))
+            except NO_STORAGE:
                 continue
-            address = storage._cdata
-            ref = self.refs.get(address)
             if ref is None:
+                storage = tensor.untyped_storage()
+                address = storage._cdata
                 # every moment before now lacked it: the peak so far rises by its size too
                 nbytes, device = storage.nbytes(), storage.device
                 self.peak[device] = self.peak.get(device, 0) + nbytes
