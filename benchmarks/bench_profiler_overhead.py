@@ -22,8 +22,14 @@ CPU time instead of wall time, which other processes disturb far less.
 
 With `--compiled BACKEND` the layer is `torch.compile`d (compiled before timing) and the
 profilers time the compiled step, which runs compiled inside `profiling.profile` too. MemTracker
-and the empty dispatch mode are left out there: under them torch runs compiled code eagerly
-(they do not declare `ignore_compile_internals`), so their rows would time another program.
+is left out there: under it torch runs compiled code eagerly (it does not declare
+`ignore_compile_internals`), so its row would time another program; the empty dispatch mode
+declares it (torch >= 2.9), so that its floor is the compiled step's.
+
+The verdict, `profiling.profile` against `torch.profiler`, is read from the same rounds: the
+median of the per-round differences, with a bootstrap confidence interval
+(`scipy.stats.bootstrap`, 90%), and in how many rounds ours added less. The interval is what
+says whether one costs more than the other or the run cannot tell them apart.
 
     python -m benchmarks.bench_profiler_overhead                 # CPU
     python -m benchmarks.bench_profiler_overhead --device cuda --out overhead.csv
@@ -44,6 +50,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import scipy.stats
 import torch
 from torch.distributed._tools.mem_tracker import MemTracker
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -51,7 +59,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from profiling import profile
 
 COLUMNS = ("device", "device_name", "torch", "date", "command", "config", "tool", "repeats",
-           "ms", "ms_p20", "ms_p80", "ratio", "added_ms")
+           "ms", "ms_p20", "ms_p80", "ratio", "added_ms", "vs_torch_profiler_ms",
+           "vs_torch_profiler_ci")
 
 
 class _CallEachOp(TorchDispatchMode):
@@ -65,6 +74,19 @@ def _call_op(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN202
 # Set after the class exists, so that torch does not wrap it in `_disable_dynamo` (the profiler
 # does without that wrapper too): the floor is the mode alone.
 _CallEachOp.__torch_dispatch__ = _call_op  # type: ignore[method-assign]
+
+
+class _CallEachOpRunningCompiled(_CallEachOp):
+    """The floor of a compiled step: compiled code runs compiled under it (torch >= 2.9), as
+    under the profiler."""
+
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        return True
+
+
+# torch < 2.9 skips compiling under any dispatch mode: the floor would time eager code
+_FLOOR_RUNS_COMPILED = hasattr(TorchDispatchMode, "ignore_compile_internals")
 
 
 def make_step(args: argparse.Namespace, device: torch.device):
@@ -111,15 +133,19 @@ def tools(step: Callable[[], None], external: tuple, device: torch.device,
         with tracker:
             step()
 
+    floor_mode = _CallEachOpRunningCompiled if compiled else _CallEachOp
+
     def dispatch_mode_floor() -> None:
-        with _CallEachOp():
+        with floor_mode():
             step()
 
     candidates = {"unprofiled": step, "profiling.profile": ours,
                   "profiling.profile+ops": ours_with_table, "torch.profiler": torch_profiler,
                   "MemTracker": mem_tracker, "TorchDispatchMode (empty)": dispatch_mode_floor}
-    if compiled:  # under these two, torch runs the compiled step eagerly: not comparable
-        del candidates["MemTracker"], candidates["TorchDispatchMode (empty)"]
+    if compiled:  # under MemTracker torch runs the compiled step eagerly: not comparable
+        del candidates["MemTracker"]
+        if not _FLOOR_RUNS_COMPILED:
+            del candidates["TorchDispatchMode (empty)"]
     return candidates
 
 
@@ -157,6 +183,21 @@ def paired_added_ms(samples: list[float], baseline: list[float]) -> float:
     back to back, so a slow spell of the machine shifts both sides of a difference alike: a
     steadier estimate of the added time than a difference of two medians."""
     return statistics.median(t - b for t, b in zip(samples, baseline, strict=True))
+
+
+def head_to_head(ours: list[float], theirs: list[float], confidence: float = 0.9,
+                 ) -> tuple[float, float, float, int]:
+    """ours − theirs, paired by round: (median ms, the interval's low and high ends, rounds in
+    which ours took less). The interval bootstraps the median over rounds (fixed seed: a rerun
+    on the same samples gives the same interval)."""
+    differences = np.subtract(ours, theirs)
+    if len(differences) < 2:
+        low = high = float(np.median(differences))
+    else:
+        interval = scipy.stats.bootstrap((differences,), np.median, confidence_level=confidence,
+                                         method="percentile", random_state=0).confidence_interval
+        low, high = float(interval.low), float(interval.high)
+    return float(np.median(differences)), low, high, int((differences < 0).sum())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,6 +255,16 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print(f"{row['tool']:<27}{row['ms']:>12.2f}{row['ms_p20']:>10.2f}{row['ms_p80']:>10.2f}"
               f"{row['ratio']:>14.2f}{row['added_ms']:>19.2f}")
+    median, low, high, wins = head_to_head(times["profiling.profile"], times["torch.profiler"])
+    verdict = ("more than" if low > 0 else "less than" if high < 0
+               else "not told apart from")
+    print(f"profiling.profile − torch.profiler, paired: {median:+.2f} ms (90% CI "
+          f"{low:+.2f} to {high:+.2f}); ours added less in {wins} of {args.repeats} rounds: "
+          f"{verdict} torch.profiler's overhead")
+    for row in rows:
+        row["vs_torch_profiler_ms"] = round(median, 3) if row["tool"] == "profiling.profile" else ""
+        row["vs_torch_profiler_ci"] = (f"{low:.3f}..{high:.3f}"
+                                       if row["tool"] == "profiling.profile" else "")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("w", newline="") as handle:

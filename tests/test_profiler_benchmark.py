@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks import bench_profiler_overhead
 
@@ -60,8 +62,43 @@ def test_compiled_overhead_benchmark_times_the_compiled_step_under_each_profiler
     ])
     assert code == 0
     rows = list(csv.DictReader(out.read_text().splitlines()))
-    # the dispatch-mode tools that would run the compiled step eagerly are left out
+    # MemTracker would run the compiled step eagerly: left out; the empty mode's floor declares
+    # ignore_compile_internals (torch >= 2.9), so it times the compiled step
+    floor = (["TorchDispatchMode (empty)"]
+             if hasattr(TorchDispatchMode, "ignore_compile_internals") else [])
     assert [r["tool"] for r in rows] == ["unprofiled", "profiling.profile",
-                                         "profiling.profile+ops", "torch.profiler"]
+                                         "profiling.profile+ops", "torch.profiler", *floor]
     assert "torch.compile(aot_eager)" in rows[0]["config"]
     assert counters["stats"]["unique_graphs"] >= 1  # the layer was compiled
+
+
+def test_head_to_head_pairs_rounds_and_brackets_the_median():
+    # Round by round ours adds 1 ms less, whatever the machine's speed that round: the median
+    # difference is -1 ms, every round is a win, and a bootstrap of identical differences
+    # cannot move off -1 ms.
+    theirs = [12.0, 30.0, 11.0, 50.0, 13.0, 14.0]
+    ours = [t - 1.0 for t in theirs]
+    median, low, high, wins = bench_profiler_overhead.head_to_head(ours, theirs)
+    assert (median, low, high, wins) == (-1.0, -1.0, -1.0, 6)
+    # mixed rounds: differences -3, -1, 0, +2, +4 (median 0); the interval holds the median
+    median, low, high, wins = bench_profiler_overhead.head_to_head(
+        [7.0, 9.0, 10.0, 12.0, 14.0], [10.0] * 5)
+    assert median == 0.0 and wins == 2
+    assert -3.0 <= low <= 0.0 <= high <= 4.0
+
+
+def test_the_compiled_floor_runs_compiled_code_compiled():
+    if not hasattr(TorchDispatchMode, "ignore_compile_internals"):
+        pytest.skip("torch < 2.9 skips compiling under any dispatch mode")
+    calls = []
+
+    def counting_backend(gm, example_inputs):  # noqa: ANN001, ANN202
+        calls.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: x.sin() + 1, backend=counting_backend)
+    with bench_profiler_overhead._CallEachOpRunningCompiled():
+        out = compiled(torch.ones(3))
+    assert len(calls) == 1  # compiled inside the mode, not skipped
+    assert torch.equal(out, torch.ones(3).sin() + 1)
