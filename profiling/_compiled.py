@@ -20,6 +20,10 @@ How, on torch >= 2.9:
   `TORCH_LOGS` and torch.profiler print it; a graph break starts a new frame id), and the node's
   row `CompiledFunctionBackward[...]`. Its saved tensors go through `ctx.save_for_backward`, so
   the profiler's saved-tensor hooks count them, each storage once, as for eager ops.
+- A compiled graph runs as it does without the profiler: with the profiler's dispatch mode
+  popped while it runs (when that mode is the innermost one), so its extern kernels (`mm`,
+  `addmm`, ...) take neither a Python call nor a dispatch mode's out-of-place paths. Its row
+  measures it from outside.
 - A graph that needs no gradient (inputs without requires_grad, `torch.no_grad()`) is run by
   AOTAutograd without `CompiledFunction`. Inductor runs it through `CompiledFxGraph.__call__`,
   wrapped for the block: a `CompiledGraph[...]` row, forward only.
@@ -35,26 +39,31 @@ every mode on the stack (`inline_torch_dispatch_torch_compile`), which this mode
 Limits: an inference graph of a backend without Inductor's code generation (`aot_eager`), and
 any graph of a backend that does not use AOTAutograd (`eager`, a backend returning
 `gm.forward`), run as aten ops: those ops keep their own rows (`compiled` False), which is what
-runs. On the CPU, Inductor allocates its buffers without the dispatcher
-(`empty_strided_cpu`): a compiled row's live and peak bytes count the storages it was given,
-returned and saved, not the scratch buffers it freed inside (on CUDA the allocator sees all).
+runs. On the CPU a compiled row's live and peak bytes count the storages the graph was given,
+returned and saved, not the scratch buffers it freed inside (Inductor allocates them without the
+dispatcher, `empty_strided_cpu`, and the graph runs with the mode off); on CUDA the allocator's
+peak sees all.
 Tensors an `autograd.Function` inside a graph keeps as `ctx` attributes (AOTAutograd's
 `_tensors_no_vc_check`) are not counted as saved, as in eager.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import sys
 import types
 import warnings
 import weakref
+from collections.abc import Iterator
 from threading import get_ident as _thread
 from typing import Any
 
 import torch
 from torch.autograd.function import Function
+from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
+from torch.utils._python_dispatch import _pop_mode_temporarily
 
 from ._dispatch import OpDispatcher
 from ._storage import NO_STORAGE, plain_tensors, tensors_in
@@ -169,6 +178,20 @@ def _graph_name(frame: types.FrameType | None) -> tuple[str, str]:
 _TORCH_DIR = torch.__file__.rpartition("/")[0] + "/"
 # CompiledFunction class -> its graph's (name, module class): one graph, one name, in every block
 _graph_names: weakref.WeakKeyDictionary[type, tuple[str, str]] = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def _unprofiled_graph_run(recorder: Any) -> Iterator[None]:
+    """Run a compiled graph as it runs without the profiler: with the profiler's dispatch mode
+    off (when it is the innermost mode), so that the graph's extern kernels take no Python
+    dispatch and no dispatch-mode slow path. The graph's row measures it from outside: what it
+    was given, returned and saved (and on CUDA the allocator's peak, which sees everything)."""
+    mode = None if recorder is None or recorder.stopped else recorder._mode
+    if mode is None or _current_dispatch_mode() is not mode:
+        yield
+        return
+    with _pop_mode_temporarily():
+        yield
 
 
 class _CompiledGraph:
@@ -320,7 +343,8 @@ class CompiledGraphs:
             first_id = next(recorder.storages._ids)
             outputs = None
             try:
-                outputs = forward(ctx, *args)
+                with _unprofiled_graph_run(recorder):
+                    outputs = forward(ctx, *args)
             finally:
                 graphs._close_forward(row, name, ctx, outputs, first_id)
             return outputs
@@ -342,7 +366,8 @@ class CompiledGraphs:
             first_id = next(recorder.storages._ids)
             outputs = None
             try:
-                outputs = call(graph, inputs)  # boxed: it may empty `inputs`
+                with _unprofiled_graph_run(recorder):
+                    outputs = call(graph, inputs)  # boxed: it may empty `inputs`
             finally:
                 graphs._close_forward(row, name, None, outputs, first_id, "CompiledGraph")
             return outputs
@@ -390,7 +415,8 @@ class CompiledGraphs:
         recorder = self.recorder
 
         def compiled_backward(ctx, *grads):  # noqa: ANN001, ANN202
-            grads_in = backward(ctx, *grads)
+            with _unprofiled_graph_run(recorder):
+                grads_in = backward(ctx, *grads)
             row = recorder._open
             if row is not None and row.kind == "node" and not recorder.stopped:
                 row.output_bytes += recorder.storages.track_all(

@@ -294,3 +294,43 @@ def test_an_inductor_inference_graph_is_one_compiled_row_with_its_output():
     assert ops.op[0].startswith("CompiledGraph[MLP.forward ") and ops.module[0] == "MLP"
     assert ops.output_bytes[0] == y.untyped_storage().nbytes()  # what the graph returned
     assert global_state() == before
+
+
+
+@torch.library.custom_op("profiling_test::twice", mutates_args=())
+def twice(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+twice.register_fake(lambda x: torch.empty_like(x))
+twice.register_autograd(lambda ctx, grad: grad * 2)
+
+
+@pytest.mark.parametrize("requires_grad", [True, False], ids=["training", "inference"])
+def test_a_compiled_graph_runs_without_the_profilers_mode_and_eager_ops_with_it(
+        requires_grad, monkeypatch):
+    # The graph's own ops run as they do unprofiled (no Python dispatch, no mode slow path);
+    # the eager call after the graph still reaches the profiler. Counted where torch hands each
+    # op to the mode: its __torch_dispatch__.
+    from profiling._dispatch import OpDispatcher
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: twice(x.sin()) + 1, backend="inductor")
+    x = torch.randn(8, requires_grad=requires_grad)
+    compiled(x)
+    handed = []
+    dispatch = OpDispatcher.__torch_dispatch__
+
+    def counting_dispatch(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN202
+        handed.append(str(func))
+        return dispatch(self, func, types, args, kwargs)
+
+    prof = profile("cpu")  # installs the mode's handler: count around that one
+    monkeypatch.setattr(OpDispatcher, "__torch_dispatch__", counting_dispatch)
+    with prof:
+        twice(compiled(x))  # the graph calls twice (an extern kernel), then an eager call
+    assert handed.count("profiling_test.twice.default") == 1
+    rows = prof.ops
+    assert rows.compiled.sum() == 1
+    assert rows.op.iloc[0].startswith("CompiledFunction[" if requires_grad else "CompiledGraph[")
+    assert any("twice" in op for op in rows.op[~rows.compiled])  # the eager call's row
