@@ -92,6 +92,13 @@ RULES = (
          reason="the page from the GPU benchmarks' CSVs above, written to the working folder "
          "(by default it writes the repository's reports/performance.md)",
          extra_args=("--md", "performance.md", "--plots-dir", "performance")),
+    Rule(r"python -m benchmarks\.bench_profiler_overhead --compiled inductor .*",
+         reason="Inductor's C++ build of the layer takes ~30 s on a 2-core CPU: the same "
+         "compiled-step path with aot_eager, one repetition of a tiny layer, its CSV written "
+         "to the working folder",
+         extra_args=("--repeats", "1", "--warmup", "0", "--d-model", "16", "--nhead", "2",
+                     "--dim-feedforward", "32", "--batch", "2", "--seq", "4",
+                     "--compiled", "aot_eager")),
     Rule(r"python -m benchmarks\.bench_profiler_overhead( .*)?",
          reason="the default size takes minutes on a CPU: one repetition of a tiny layer",
          extra_args=("--repeats", "1", "--warmup", "0", "--d-model", "16", "--nhead", "2",
