@@ -210,6 +210,7 @@ class CompiledGraphs:
         self.calls = 0
         self.support = ""
         self._wrapped: dict[type, tuple[Any, Any]] = {}  # class -> its own forward, backward
+        self._ran: weakref.WeakSet[type] = weakref.WeakSet()  # graphs whose forward ran here
         self._hidden: list[tuple[dict, int, Any]] = []
         self._apply_in_block: Any = None
         self._inductor_call: Any = None  # CompiledFxGraph.__call__ before the block
@@ -338,6 +339,7 @@ class CompiledGraphs:
             name = _graph_names.get(cls)
             if name is None:
                 name = _graph_names[cls] = _graph_name(sys._getframe(1))
+            graphs._ran.add(cls)
             row = recorder.enter_function(cls, args)
             # storages seen from here on were made by the graph (ids only grow)
             first_id = next(recorder.storages._ids)
@@ -398,8 +400,10 @@ class CompiledGraphs:
                 ref.created_in_block = True
                 made += ref.nbytes
         if row is None:
-            if recorder._open is not None:
-                recorder._open.output_bytes += made
+            open_row = recorder._open
+            if open_row is not None:
+                open_row.output_bytes += made
+                open_row.peak = max(open_row.peak, recorder._live())
             return
         row.op = f"{kind}[{name[0]}]"
         if not row.module:
@@ -408,17 +412,22 @@ class CompiledGraphs:
         self.rows.add(row.seq)
         self.calls += 1
         recorder.exit_function(row, outputs)
-        if returned:  # forward runs without grad: point the recorder at the node it makes
-            recorder._pending = (row.seq, row.module, weakref.ref(returned[0]))
+        if returned:  # forward runs without grad: point the recorder at the node it makes,
+            # which autograd attaches to the outputs after forward returns
+            recorder._pending = (row.seq, row.module, [weakref.ref(t) for t in returned])
 
     def _backward_of(self, backward: Any) -> Any:
         recorder = self.recorder
 
         def compiled_backward(ctx, *grads):  # noqa: ANN001, ANN202
+            row = recorder._open
+            if row is None or row.kind != "node" or recorder.stopped:
+                # not inside a node row of this profile (a graph whose forward ran before the
+                # block): its ops stay in sight, as backward rows of their own
+                return backward(ctx, *grads)
             with _unprofiled_graph_run(recorder):
                 grads_in = backward(ctx, *grads)
-            row = recorder._open
-            if row is not None and row.kind == "node" and not recorder.stopped:
+            if recorder._open is row:
                 row.output_bytes += recorder.storages.track_all(
                     tensors_in(grads_in if isinstance(grads_in, (tuple, list)) else (grads_in,)),
                     True)
@@ -432,7 +441,8 @@ class CompiledGraphs:
     def name_node(self, node: Any, record: Any) -> None:
         """Name a CompiledFunctionBackward node after its graph, and remember it."""
         cls = getattr(type(node), "_forward_cls", None)
-        name = None if cls is None else _graph_names.get(cls)  # kept after stop(): the block's
+        # a graph whose forward ran in this block (the set is kept after stop(): the block's
+        name = _graph_names.get(cls) if cls in self._ran else None
         if name is None:  # last node is found then
             return
         record.name = f"CompiledFunctionBackward[{name[0]}]"

@@ -62,6 +62,17 @@ ROW_FIELDS = ("seq", "op", "phase", "module", "input_shapes", "dtype", "device",
               "live_bytes", "peak_bytes", "time_ms", "t_ms")
 
 
+def shapes_of(tensors: list[Tensor]) -> list[tuple]:
+    """Each tensor's shape; a strided nested tensor, which has none, by its components' count."""
+    shapes: list[tuple] = []
+    for tensor in tensors:
+        try:
+            shapes.append(tensor.shape)
+        except RuntimeError:
+            shapes.append((f"nested({tensor.size(0)})",))
+    return shapes
+
+
 def _outputs(out: Any) -> list[Tensor]:
     if isinstance(out, Tensor):
         return [out]
@@ -104,7 +115,7 @@ class Recorder:
         self.started = self.stopped = False
         self.t0 = 0.0
         self._open: _OpenRow | None = None
-        self._pending: tuple[int, str, weakref.ref] | None = None
+        self._pending: tuple[int, str, weakref.ref | list[weakref.ref]] | None = None
         self._handles: list[Any] = []
         self.compiled = CompiledGraphs(self)
         self._mode = OpDispatcher(self.on_op, self.compiled.ran_eagerly)
@@ -270,11 +281,12 @@ class Recorder:
                 storages.track_all([tensor], False)
                 continue
             try:
-                if storage_address(tensor) not in refs:
-                    storage = tensor.untyped_storage()
-                    storages.add(storage, storage._cdata, False)
+                if storage_address(tensor) in refs:
+                    continue
+                storage = tensor.untyped_storage()
             except NO_STORAGE:
                 continue
+            storages.add(storage, storage._cdata, False)
         if open_row is not None:  # folded into a custom Function's row
             out = call(*args, **kwargs)
             open_row.output_bytes += storages.track_output(out)
@@ -291,14 +303,13 @@ class Recorder:
         out = call(*args, **kwargs)
         end = _perf_counter()
         if isinstance(out, Tensor) and (type(out) is Tensor or not is_wrapper_subclass(out)):
-            first = out
+            first, output_bytes = out, 0
             try:
-                output_bytes = 0
-                if storage_address(out) not in refs:
-                    storage = out.untyped_storage()
-                    output_bytes = storages.add(storage, storage._cdata, True).nbytes
+                storage = None if storage_address(out) in refs else out.untyped_storage()
             except NO_STORAGE:
-                pass
+                storage = None
+            if storage is not None:
+                output_bytes = storages.add(storage, storage._cdata, True).nbytes
         else:
             outputs = _outputs(out)
             output_bytes = storages.track_all(outputs, True) if outputs else 0
@@ -311,10 +322,14 @@ class Recorder:
         backward = _graph_task_id() != -1
         module = "" if backward else self.modules.current
         meta = first if first is not None else (inputs[0] if inputs else None)
+        try:
+            shapes = [t.shape for t in inputs]
+        except RuntimeError:  # a strided nested tensor has no single shape
+            shapes = shapes_of(inputs)
         self.rows.append((
             seq, name, "backward" if backward else "optimizer" if self._steps else "forward",
             module,
-            [t.shape for t in inputs], None if meta is None else meta.dtype,
+            shapes, None if meta is None else meta.dtype,
             None if meta is None else meta.device, output_bytes, live, peak,
             (end - start) * 1e3, (end - self.t0) * 1e3,
         ))
@@ -348,12 +363,15 @@ class Recorder:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        seq, module, ref = pending
-        tensor = ref()
-        if tensor is not None:
-            node = tensor.grad_fn
+        seq, module, refs = pending
+        # one output (an op's first), or every output of a graph whose nodes were not attached
+        # yet when it returned: the first with a node
+        for ref in refs if type(refs) is list else (refs,):
+            tensor = ref()
+            node = None if tensor is None else tensor.grad_fn
             if node is not None:
                 self.registry.discover(node, seq, module)
+                return
 
     # ------------------------------------------------------------------ custom Functions
     def enter_function(self, cls: type, args: tuple) -> _OpenRow | None:
@@ -373,7 +391,7 @@ class Recorder:
         phase = "backward" if backward else "optimizer" if self._steps else "forward"
         row = _OpenRow(self.seq, cls.__name__, phase,
                        "" if backward else self.modules.current, "function",
-                       [t.shape for t in inputs], self._live())
+                       shapes_of(inputs), self._live())
         self._open = row
         return row
 
@@ -386,7 +404,10 @@ class Recorder:
             row.dtype, row.device = tensors[0].dtype, tensors[0].device
         self._finish(row)
         if tensors and row.phase != "backward" and torch.is_grad_enabled():
-            self._pending = (row.seq, row.module, weakref.ref(tensors[0]))
+            # the first output with a node (an argmax or a mask returned first has none)
+            first = next((t for t in tensors if t.grad_fn is not None), None)
+            if first is not None:
+                self._pending = (row.seq, row.module, weakref.ref(first))
 
     def _finish(self, row: _OpenRow) -> None:
         end = _perf_counter()
@@ -423,7 +444,7 @@ class Recorder:
             self.compiled.on_node_row(node_id, self.seq)
         self._reset_peak()
         row = self._open = _OpenRow(self.seq, record.name, "backward", record.module, "node",
-                                    [g.shape for g in grad_outputs if g is not None],
+                                    shapes_of([g for g in grad_outputs if g is not None]),
                                     self._live())
         for grad in grad_outputs:
             if grad is not None:

@@ -23,8 +23,9 @@ import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 Tensor = torch.Tensor
-# What `untyped_storage()` raises for tensors without storage (subclasses, sparse, nested).
-NO_STORAGE = (RuntimeError, NotImplementedError, TypeError)
+# What `untyped_storage()` raises for tensors without storage (subclasses, sparse, nested; a lazy
+# module's `UninitializedParameter` raises ValueError).
+NO_STORAGE = (RuntimeError, NotImplementedError, TypeError, ValueError)
 # The address of a tensor's StorageImpl (`untyped_storage()._cdata`) without making a Python
 # storage object: half the cost on the hot path, where most storages are known already.
 storage_address = getattr(torch._C, "_storage_address",
@@ -167,10 +168,10 @@ class StorageTracker:
         for tensor in plain_tensors(tensors):
             try:
                 ref = self.refs.get(storage_address(tensor))
-            except NO_STORAGE:
+                storage = tensor.untyped_storage() if ref is None else None
+            except NO_STORAGE:  # also where only `untyped_storage` says so (__torch_function__)
                 continue
             if ref is None:
-                storage = tensor.untyped_storage()
                 address = storage._cdata
                 # every moment before now lacked it: the peak so far rises by its size too
                 nbytes, device = storage.nbytes(), storage.device

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import pytest
 import torch
@@ -76,15 +77,26 @@ def test_head_to_head_pairs_rounds_and_brackets_the_median():
     # Round by round ours adds 1 ms less, whatever the machine's speed that round: the median
     # difference is -1 ms, every round is a win, and a bootstrap of identical differences
     # cannot move off -1 ms.
-    theirs = [12.0, 30.0, 11.0, 50.0, 13.0, 14.0]
+    theirs = [12.0, 30.0, 11.0, 50.0, 13.0, 14.0, 20.0, 9.0, 40.0, 16.0, 18.0, 25.0]
     ours = [t - 1.0 for t in theirs]
     median, low, high, wins = bench_profiler_overhead.head_to_head(ours, theirs)
-    assert (median, low, high, wins) == (-1.0, -1.0, -1.0, 6)
-    # mixed rounds: differences -3, -1, 0, +2, +4 (median 0); the interval holds the median
+    assert (median, low, high, wins) == (-1.0, -1.0, -1.0, 12)
+    assert "less than torch.profiler's" in bench_profiler_overhead.verdict_line(
+        median, low, high, wins, 12)
+    # mixed rounds: differences -3, -1, 0, +2, +4, twice each (median 0); the interval holds it
     median, low, high, wins = bench_profiler_overhead.head_to_head(
-        [7.0, 9.0, 10.0, 12.0, 14.0], [10.0] * 5)
-    assert median == 0.0 and wins == 2
+        [7.0, 9.0, 10.0, 12.0, 14.0] * 2, [10.0] * 10)
+    assert median == 0.0 and wins == 4
     assert -3.0 <= low <= 0.0 <= high <= 4.0
+    assert "not told apart" in bench_profiler_overhead.verdict_line(median, low, high, wins, 10)
+
+
+def test_too_few_rounds_give_no_interval_and_no_verdict():
+    # one round (README's smoke run) cannot say which profiler costs more
+    median, low, high, wins = bench_profiler_overhead.head_to_head([5.0], [9.0])
+    assert median == -4.0 and wins == 1 and math.isnan(low) and math.isnan(high)
+    line = bench_profiler_overhead.verdict_line(median, low, high, wins, 1)
+    assert "no verdict" in line and "less than" not in line
 
 
 def test_the_compiled_floor_runs_compiled_code_compiled():

@@ -334,3 +334,48 @@ def test_a_compiled_graph_runs_without_the_profilers_mode_and_eager_ops_with_it(
     assert rows.compiled.sum() == 1
     assert rows.op.iloc[0].startswith("CompiledFunction[" if requires_grad else "CompiledGraph[")
     assert any("twice" in op for op in rows.op[~rows.compiled])  # the eager call's row
+
+
+def test_a_compiled_graph_whose_first_output_has_no_gradient_keeps_its_backward_row():
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: (x.argmax(), (x.sin() * x).sum()), backend="aot_eager")
+    x = torch.randn(64, requires_grad=True)
+    compiled(x)
+    with profile("cpu") as prof:
+        _, loss = compiled(x)
+        loss.backward()  # the graph's node is reached by nothing else made in the block
+    assert torch.allclose(x.grad, x.detach().sin() + x.detach() * x.detach().cos())
+    rows = compiled_rows(prof)
+    assert [op.partition("[")[0] for op in rows.op] == ["CompiledFunction",
+                                                         "CompiledFunctionBackward"]
+
+
+def test_a_compiled_backward_whose_forward_ran_before_the_block_keeps_its_ops_in_sight():
+    # No node of that graph is found in the block, so there is no row to measure it from
+    # outside: its ops stay rows of their own, as for any graph made before the block.
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: (x.sin() * x).sum(), backend="aot_eager")
+    x = torch.randn(64, requires_grad=True)
+    loss = compiled(x)
+    with profile("cpu") as prof:
+        loss.backward()
+    assert torch.allclose(x.grad, x.detach().sin() + x.detach() * x.detach().cos())
+    backward_ops = set(prof.ops.op[prof.ops.phase == "backward"])
+    assert {"aten::cos", "aten::sin"} <= backward_ops  # d(x sin x)/dx = sin x + x cos x
+    assert not prof.ops.compiled.any()
+
+
+def test_a_graph_is_named_in_the_blocks_where_its_forward_ran_whatever_ran_before():
+    # Graph names are cached across blocks; a node of a graph whose forward ran before this
+    # block stays a plain node row here, whether or not an earlier block ran that graph.
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: x.sin() * x, backend="aot_eager")
+    x = torch.randn(64, requires_grad=True)
+    with profile("cpu") as earlier:
+        compiled(x).sum().backward()
+    assert compiled_rows(earlier).op.str.startswith("CompiledFunctionBackward[").sum() == 1
+    h = compiled(x)
+    with profile("cpu") as prof:
+        h.sum().backward()
+    assert not prof.ops.compiled.any()
+    assert "CompiledFunctionBackward" in set(prof.ops.op)

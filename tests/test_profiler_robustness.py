@@ -194,3 +194,71 @@ def test_hooks_set_around_the_block_give_way_to_the_profilers():
             h.add_(1)
             with pytest.raises(RuntimeError, match="modified by an inplace operation"):
                 y.sum().backward()
+
+
+def test_a_lazy_module_materialized_in_the_block():
+    # An UninitializedParameter has no storage to read until the first forward fills it in.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.LazyLinear(8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    x = torch.randn(4, 16)
+    with profile("cpu", track=[model]) as prof:
+        model(x).sum().backward()
+    weight = model[0].weight
+    assert weight.shape == (8, 16) and weight.grad is not None
+    # the materialized weight and its gradient count: their bytes are live at the end
+    assert prof.ops.live_bytes.iloc[-1] >= 2 * weight.numel() * FLOAT32
+
+
+def test_ops_on_a_strided_nested_tensor_get_rows():
+    # a strided nested tensor has no single shape: its row names its component count
+    nested = torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])
+    with profile("cpu") as prof:
+        doubled = nested * 2
+    assert torch.equal(doubled.unbind()[1], torch.full((3,), 2.0))
+    row = prof.ops[prof.ops.op == "aten::mul.Tensor"].iloc[0]
+    assert row.input_shapes.startswith("[nested(2)]")
+
+
+class _StoragelessView(torch.Tensor):
+    """A subclass whose `untyped_storage()` says it has none (as sparse tensors do)."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
+        if func is torch.Tensor.untyped_storage:
+            raise NotImplementedError("Cannot access storage of _StoragelessView")
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_a_tracked_tensor_without_storage_is_passed_over():
+    tracked = torch.ones(1000).as_subclass(_StoragelessView)
+    with profile("cpu", track=[tracked]) as prof:
+        out = torch.ones(3) * 2
+    assert torch.equal(out, torch.full((3,), 2.0))
+    assert list(prof.ops.op) == ["aten::ones", "aten::mul.Tensor"]
+
+
+class _MaskFirst(torch.autograd.Function):
+    """Returns (mask, y): its first output has no gradient."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: ANN001, ANN205
+        mask = x > 0
+        ctx.mark_non_differentiable(mask)
+        ctx.save_for_backward(x)
+        return mask, x.sin()
+
+    @staticmethod
+    def backward(ctx, grad_mask, grad_y):  # noqa: ANN001, ANN205
+        (x,) = ctx.saved_tensors
+        return grad_y * x.cos()
+
+
+def test_a_function_whose_first_output_has_no_gradient_keeps_its_backward_row():
+    x = torch.randn(100, requires_grad=True)
+    with profile("cpu") as prof:
+        _, y = _MaskFirst.apply(x)
+        y.backward(torch.ones(100))  # no op after the Function makes a node that reaches it
+    assert torch.allclose(x.grad, x.detach().cos())
+    rows = prof.ops.set_index("op")
+    assert rows.loc["_MaskFirstBackward", "phase"] == "backward"
+    assert rows.loc["_MaskFirst", "saved_bytes"] == 100 * FLOAT32  # x, found through its node
