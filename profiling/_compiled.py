@@ -20,10 +20,11 @@ How, on torch >= 2.9:
   `TORCH_LOGS` and torch.profiler print it; a graph break starts a new frame id), and the node's
   row `CompiledFunctionBackward[...]`. Its saved tensors go through `ctx.save_for_backward`, so
   the profiler's saved-tensor hooks count them, each storage once, as for eager ops.
-- A compiled graph runs as it does without the profiler: with the profiler's dispatch mode
-  popped while it runs (when that mode is the innermost one), so its extern kernels (`mm`,
-  `addmm`, ...) take neither a Python call nor a dispatch mode's out-of-place paths. Its row
-  measures it from outside.
+- On CUDA a compiled graph runs as it does without the profiler: with the profiler's dispatch
+  mode popped while it runs (when that mode is the innermost one), so its extern kernels
+  (`mm`, `addmm`, ...) take neither a Python call nor a dispatch mode's out-of-place paths; its
+  row's peak is the allocator's, which sees every buffer. On the CPU the mode stays on: the
+  storages it sees are the memory there.
 - A graph that needs no gradient (inputs without requires_grad, `torch.no_grad()`) is run by
   AOTAutograd without `CompiledFunction`. Inductor runs it through `CompiledFxGraph.__call__`,
   wrapped for the block: a `CompiledGraph[...]` row, forward only.
@@ -39,10 +40,10 @@ every mode on the stack (`inline_torch_dispatch_torch_compile`), which this mode
 Limits: an inference graph of a backend without Inductor's code generation (`aot_eager`), and
 any graph of a backend that does not use AOTAutograd (`eager`, a backend returning
 `gm.forward`), run as aten ops: those ops keep their own rows (`compiled` False), which is what
-runs. On the CPU a compiled row's live and peak bytes count the storages the graph was given,
-returned and saved, not the scratch buffers it freed inside (Inductor allocates them without the
-dispatcher, `empty_strided_cpu`, and the graph runs with the mode off); on CUDA the allocator's
-peak sees all.
+runs. On the CPU an Inductor graph's row counts the storages the graph was given, returned and
+saved and its extern kernels' outputs, not the scratch buffers it freed inside (Inductor
+allocates them without the dispatcher, `empty_strided_cpu`): its peak is a lower bound (on
+CUDA the allocator sees all).
 Tensors an `autograd.Function` inside a graph keeps as `ctx` attributes (AOTAutograd's
 `_tensors_no_vc_check`) are not counted as saved, as in eager.
 """
@@ -182,11 +183,14 @@ _graph_names: weakref.WeakKeyDictionary[type, tuple[str, str]] = weakref.WeakKey
 
 @contextlib.contextmanager
 def _unprofiled_graph_run(recorder: Any) -> Iterator[None]:
-    """Run a compiled graph as it runs without the profiler: with the profiler's dispatch mode
-    off (when it is the innermost mode), so that the graph's extern kernels take no Python
-    dispatch and no dispatch-mode slow path. The graph's row measures it from outside: what it
-    was given, returned and saved (and on CUDA the allocator's peak, which sees everything)."""
-    mode = None if recorder is None or recorder.stopped else recorder._mode
+    """On CUDA, run a compiled graph as it runs without the profiler: with the profiler's
+    dispatch mode off (when it is the innermost mode), so that the graph's extern kernels take
+    no Python dispatch and no dispatch-mode slow path; the allocator's peak still sees every
+    buffer of the graph. Elsewhere the memory is the storages the mode sees, so it stays on:
+    an `aot_eager` graph's every allocation and an Inductor graph's extern kernels' outputs
+    count in the row's peak."""
+    mode = (None if recorder is None or recorder.stopped or not recorder.cuda
+            else recorder._mode)
     if mode is None or _current_dispatch_mode() is not mode:
         yield
         return

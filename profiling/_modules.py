@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from torch import nn
+from torch.fx import GraphModule
 from torch.nn.modules.module import (
     register_module_forward_hook,
     register_module_forward_pre_hook,
@@ -25,6 +26,13 @@ from torch.nn.modules.module import (
 
 def _is_optimized(module: nn.Module) -> bool:
     return type(module).__name__ == "OptimizedModule"
+
+
+def _is_compiled_graph(module: nn.Module) -> bool:
+    """A graph a compile backend made and runs as a module (AOTAutograd's `<lambda>` FX graph,
+    e.g. `aot_eager` without grad): its ops belong to the module that was compiled, not to a
+    model of its own. (A user's `symbolic_trace` keeps its root's class name.)"""
+    return type(module).__name__ == "<lambda>" and isinstance(module, GraphModule)
 
 
 class ModuleStack:
@@ -48,20 +56,24 @@ class ModuleStack:
             path = type(module).__name__
             for name, sub in module.named_modules():
                 if name and sub not in self._paths:
-                    self._paths[sub] = f"{path}.{name}"
+                    # a submodule replaced by torch.compile(sub): the model inside the wrapper
+                    # (`_orig_mod`) is named by the wrapper's place, as state_dict keys it
+                    name = ".".join(part for part in name.split(".") if part != "_orig_mod")
+                    self._paths[sub] = f"{path}.{name}" if name else path
             self._paths[module] = path
             if self._on_new_root is not None:
                 self._on_new_root(module)
         return path
 
     def _pre(self, module: nn.Module, args: Any) -> None:
-        if threading.get_ident() != self._thread:
+        if threading.get_ident() != self._thread or _is_compiled_graph(module):
             return
         self._stack.append(self.current)
         self.current = self._path_of(module)
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> None:
-        if threading.get_ident() == self._thread and self._stack:
+        if threading.get_ident() == self._thread and self._stack and (
+                not _is_compiled_graph(module)):
             self.current = self._stack.pop()
 
     def start(self, thread: int) -> None:

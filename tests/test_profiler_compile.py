@@ -306,17 +306,21 @@ twice.register_fake(lambda x: torch.empty_like(x))
 twice.register_autograd(lambda ctx, grad: grad * 2)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("requires_grad", [True, False], ids=["training", "inference"])
-def test_a_compiled_graph_runs_without_the_profilers_mode_and_eager_ops_with_it(
-        requires_grad, monkeypatch):
-    # The graph's own ops run as they do unprofiled (no Python dispatch, no mode slow path);
-    # the eager call after the graph still reaches the profiler. Counted where torch hands each
-    # op to the mode: its __torch_dispatch__.
+def test_on_cuda_a_compiled_graph_runs_without_the_profilers_mode(requires_grad, device,
+                                                                     monkeypatch):
+    # On CUDA the graph's own ops run as they do unprofiled (no Python dispatch, no mode slow
+    # path: the allocator sees its memory); on the CPU the mode sees them (its storages are the
+    # memory there). The eager call after the graph reaches the profiler on both. Counted where
+    # torch hands each op to the mode: its __torch_dispatch__.
     from profiling._dispatch import OpDispatcher
 
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
     torch._dynamo.reset()
     compiled = torch.compile(lambda x: twice(x.sin()) + 1, backend="inductor")
-    x = torch.randn(8, requires_grad=requires_grad)
+    x = torch.randn(8, requires_grad=requires_grad, device=device)
     compiled(x)
     handed = []
     dispatch = OpDispatcher.__torch_dispatch__
@@ -325,11 +329,11 @@ def test_a_compiled_graph_runs_without_the_profilers_mode_and_eager_ops_with_it(
         handed.append(str(func))
         return dispatch(self, func, types, args, kwargs)
 
-    prof = profile("cpu")  # installs the mode's handler: count around that one
+    prof = profile(device)  # installs the mode's handler: count around that one
     monkeypatch.setattr(OpDispatcher, "__torch_dispatch__", counting_dispatch)
     with prof:
         twice(compiled(x))  # the graph calls twice (an extern kernel), then an eager call
-    assert handed.count("profiling_test.twice.default") == 1
+    assert handed.count("profiling_test.twice.default") == (1 if device == "cuda" else 2)
     rows = prof.ops
     assert rows.compiled.sum() == 1
     assert rows.op.iloc[0].startswith("CompiledFunction[" if requires_grad else "CompiledGraph[")
@@ -379,3 +383,50 @@ def test_a_graph_is_named_in_the_blocks_where_its_forward_ran_whatever_ran_befor
         h.sum().backward()
     assert not prof.ops.compiled.any()
     assert "CompiledFunctionBackward" in set(prof.ops.op)
+
+
+def test_an_aot_eager_steps_peak_on_the_cpu_equals_memtrackers():
+    # aot_eager runs the graph's aten ops, which the profiler sees on the CPU: its step's peak
+    # is exact, the same as MemTracker's on this MLP (whose compiled program allocates as eager)
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(),
+                                torch.nn.Linear(128, 10))
+    x = torch.randn(32, 64)
+
+    def step(module):
+        module(x).pow(2).mean().backward()
+        for parameter in model.parameters():
+            parameter.grad = None
+
+    tracker = MemTracker()
+    tracker.track_external(model, x)
+    with tracker:
+        step(model)
+    expected = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager")
+    step(compiled)
+    with profile("cpu", track=[model, x]) as prof:
+        step(compiled)
+    assert prof.ops.compiled.sum() == 2
+    assert prof.ops.peak_bytes.max() == expected
+
+
+def test_a_compiled_submodule_and_an_aot_eager_inference_graph_keep_the_models_paths():
+    # torch.compile(block) in place of a submodule is named by its place; the FX graph that
+    # aot_eager runs as a module without grad (`<lambda>`) is no model of its own
+    torch.manual_seed(0)
+    model = MLP(8, 16, 2, 4)
+    model.net[2] = torch.compile(model.net[2], backend="aot_eager")
+    x = torch.randn(3, 8)
+    model(x).sum().backward()
+    with profile("cpu") as prof:
+        model(x).sum().backward()
+        with torch.no_grad():
+            model(x)
+    modules = set(prof.ops.module) - {""}
+    assert "MLP.net.2" in modules
+    assert not any("_orig_mod" in m or "<lambda>" in m for m in modules)
+    assert all(m == "MLP" or m.startswith("MLP.") for m in set(prof.modules.module) - {""})
