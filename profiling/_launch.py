@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.util
+import io
 import os
 import runpy
 import sys
@@ -56,6 +58,14 @@ def print_user_traceback(error: BaseException) -> None:
     report = traceback.TracebackException(type(error), error, error.__traceback__)
     _drop_our_frames(report, set())
     print("".join(report.format()), end="", file=sys.stderr, flush=True)
+
+
+def user_traceback(error: BaseException) -> str:
+    """The traceback `print_user_traceback` prints, as text."""
+    text = io.StringIO()
+    with contextlib.redirect_stderr(text):
+        print_user_traceback(error)
+    return text.getvalue()
 
 
 def run_script(path: str, script_args: list[str]) -> dict:

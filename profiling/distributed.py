@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import io
 import json
 import os
 import shlex
@@ -196,31 +195,25 @@ def save_rank(prof: Any, out: str | Path, top: int = 10, *, exit_code: int = 0,
               error: BaseException | None = None) -> Path:
     """Write this rank's report to `out/rank{R}/` and refresh the job summary in `out/`."""
     from profiling._job_summary import write_job_summary
+    from profiling._launch import user_traceback
     from profiling.export import save_profile
 
     ended_at = time.time()  # before saving: which rank failed first
     info = prof._rank_recorder.info
     folder = save_profile(prof, rank_folder(out, info.rank), top=top)
     prof.collectives.to_csv(folder / "collectives.csv", index=False)
-    error = error if error is not None else prof.error
+    if error is None and prof.error is not None:  # kept without frames: its text was kept
+        error, trace = prof.error, prof.error_traceback
+    else:
+        trace = None if error is None else user_traceback(error)
     status = {"rank": info.rank, "world_size": info.world_size, "local_rank": info.local_rank,
               "exit_code": exit_code or (1 if error is not None else 0), "ended_at": ended_at,
               "error": None if error is None else f"{type(error).__name__}: {error}",
-              "traceback": None if error is None else _user_traceback(error)}
+              "traceback": trace}
     (folder / "rank.json").write_text(json.dumps(status, indent=1), encoding="utf-8")
     with _job_lock(Path(out)):  # the last rank to get here sees every rank's folder
         write_job_summary(out, top=top)
     return folder
-
-
-def _user_traceback(error: BaseException) -> str:
-    """The traceback as the CLI prints it: from the user's first frame on."""
-    from profiling._launch import print_user_traceback
-
-    text = io.StringIO()
-    with contextlib.redirect_stderr(text):
-        print_user_traceback(error)
-    return text.getvalue()
 
 
 @contextlib.contextmanager

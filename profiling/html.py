@@ -99,6 +99,8 @@ def overview(prof: Any) -> dict[str, str]:
         "peak memory": format_bytes(int(meta.get("peak_bytes") or peak)),
         "memory of other threads": str(meta.get("other_threads") or ""),
         "torch.compile": str(meta.get("compile") or ""),
+        **({"the block raised": f"{meta['error']} (a partial profile: up to the error)"}
+           if meta.get("error") else {}),
         "saved for backward": format_bytes(int(ops["saved_bytes"].sum()) if len(ops) else 0),
         SAVED_NEW: format_bytes(int(ops["saved_new_bytes"].sum()) if len(ops) else 0),
         "held by live graphs after the block": format_bytes(int(prof.held_bytes)),

@@ -66,6 +66,7 @@ fails backward when profiled.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import importlib.metadata
 import platform
@@ -78,6 +79,7 @@ import pandas as pd
 import torch
 
 from ._graph import AutogradGraph, build_graph, node_first_savers
+from ._launch import user_traceback
 from ._leaks import find_leaks
 from ._recorder import ROW_FIELDS, Recorder
 from ._saved import drop_unpack_frame
@@ -102,6 +104,19 @@ def _default_device() -> torch.device:
         else torch.device("cpu")
 
 
+def without_frames(error: BaseException) -> BaseException:
+    """The block's exception as the profile keeps it: the same type and message, without the
+    traceback, whose frames' locals would keep the failed step's tensors and graph alive as
+    long as the profile (and show as a leak). The exception that propagates is untouched."""
+    try:
+        kept = copy.copy(error)
+    except Exception:  # noqa: BLE001 - a type that cannot be rebuilt from its args
+        kept = RuntimeError(f"{type(error).__name__}: {error}")
+    kept.__traceback__ = None
+    kept.__cause__ = kept.__context__ = None
+    return kept
+
+
 def _shapes_text(shapes: list[tuple[int, ...]]) -> str:
     return ", ".join("[" + ", ".join(map(str, s)) + "]" for s in shapes)
 
@@ -117,7 +132,8 @@ class Profile:
         self._started_at = ""
         self._wall_ms = 0.0
         self._cache: dict[str, object] = {}
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # what the block raised, without its frames
+        self.error_traceback = ""  # its traceback as Python prints it, from the user's frames
         self._rank_recorder: RankRecorder | None = None  # under torchrun (profiling.distributed)
 
     # ------------------------------------------------------------------ context manager
@@ -135,9 +151,10 @@ class Profile:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.error = exc
         if exc is not None:
             drop_unpack_frame(exc)
+            self.error_traceback = user_traceback(exc)
+            self.error = without_frames(exc)
         try:
             if self._rank_recorder is not None:
                 self._rank_recorder.stop()  # its dispatch mode sits above the recorder's
@@ -296,6 +313,7 @@ class Profile:
             **rank_meta(self._rank_recorder, self._wall_ms),
             "other_threads": self._recorder.other_threads_note(),
             "compile": self._recorder.compiled.note,
+            "error": "" if self.error is None else f"{type(self.error).__name__}: {self.error}",
         }
 
     @property

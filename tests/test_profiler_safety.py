@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import weakref
 
 import pytest
@@ -187,3 +188,42 @@ def test_finished_profile_is_freed_by_reference_counting():
         del loss  # the retained graph, released after its profile is gone
     finally:
         gc.enable()
+
+
+def test_the_kept_error_holds_no_frame_so_no_graph_of_the_failed_step():
+    # The traceback's frames (backward's, the hook's) would keep the failed step's graph alive
+    # as long as the profile, and the leak finder would report it. The profile keeps the type,
+    # message and traceback text; the exception the caller catches keeps its traceback.
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    x = torch.randn(4, 8)
+
+    def fail(grad):
+        raise ValueError("boom in backward")
+
+    def failing_step():
+        out = model(x)
+        out.register_hook(fail)
+        out.sum().backward()
+
+    with pytest.raises(ValueError) as caught:
+        with profile("cpu") as prof:
+            failing_step()
+    assert caught.value.__traceback__ is not None  # the caller's exception is untouched
+    del caught  # the caller lets go of its exception: nothing else holds the failed step
+    gc.collect()
+    assert type(prof.error) is ValueError and str(prof.error) == "boom in backward"
+    assert prof.error.__traceback__ is None
+    assert "in fail" in prof.error_traceback and "boom in backward" in prof.error_traceback
+    assert prof.held_bytes == 0 and prof.leaks().empty
+    assert prof.meta["error"] == "ValueError: boom in backward"
+
+
+def test_a_saved_report_says_the_block_raised(tmp_path):
+    with pytest.raises(Boom):
+        with profile("cpu") as prof:
+            torch.ones(3) * 2
+            raise Boom("midway")
+    folder = prof.save(tmp_path / "run")
+    assert "the block raised**: Boom: midway (a partial profile" in (
+        folder / "summary.md").read_text()
+    assert json.loads((folder / "profile.json").read_text())["meta"]["error"] == "Boom: midway"
