@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
+from typing import Any
 
 UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -39,3 +41,14 @@ def parse_budget(budget: int | float | str, what: str = "budget") -> int:
     if budget <= 0:
         raise ValueError(f"{what} must be positive, got {budget} bytes")
     return budget
+
+
+def warn_if_peak_is_a_lower_bound(prof: Any, what: str) -> None:
+    """A budget decided on a peak the profiler could not see whole would be silently wrong:
+    say so (an Inductor graph on the CPU allocates its scratch buffers out of sight)."""
+    if prof.meta.get("peak_is_lower_bound"):
+        warnings.warn(f"profiling: {what} measured a torch.compile'd (Inductor) step on the CPU, "
+                      "whose scratch buffers the profiler cannot see: the measured peaks are "
+                      "lower bounds and the real step may exceed the budget; measure on CUDA, "
+                      "or the uncompiled model (or backend='aot_eager')",
+                      RuntimeWarning, stacklevel=4)

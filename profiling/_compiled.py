@@ -212,6 +212,7 @@ class CompiledGraphs:
         self.nodes: set[int] = set()  # node ids of the compiled graphs' backward nodes
         self.note = ""  # what the report says about compiled code ("" when nothing to say)
         self.calls = 0
+        self.unseen_buffers = False  # an Inductor graph ran off CUDA: peaks are lower bounds
         self.support = ""
         self._wrapped: dict[type, tuple[Any, Any]] = {}  # class -> its own forward, backward
         self._ran: weakref.WeakSet[type] = weakref.WeakSet()  # graphs whose forward ran here
@@ -274,6 +275,10 @@ class CompiledGraphs:
         if self.calls:
             self.note = (f"{self.calls} compiled graph calls recorded (rows with compiled=True); "
                          "eager parts of graphs with breaks have per-op rows")
+        if self.unseen_buffers:
+            self.note += ("; " if self.note else "") + (
+                "Inductor allocated its graphs' scratch buffers out of the profiler's sight "
+                "(CPU): the peak is a lower bound")
 
     def ran_eagerly(self) -> None:
         """The dispatch mode saw an op of a torch.compile'd function that runs eagerly because
@@ -365,8 +370,12 @@ class CompiledGraphs:
         recorder, graphs = self.recorder, self
 
         def run_compiled_graph(graph, inputs):  # noqa: ANN001, ANN202
-            if recorder.stopped or recorder.thread != _thread() or recorder._open is not None:
-                return call(graph, inputs)  # not this profile's, or inside an open row
+            if recorder.stopped or recorder.thread != _thread():
+                return call(graph, inputs)  # not this profile's
+            if not recorder.cuda:  # its scratch buffers are allocated out of sight
+                graphs.unseen_buffers = True
+            if recorder._open is not None:
+                return call(graph, inputs)  # inside an open row
             name = _graph_name(sys._getframe(1))
             row = recorder.enter_function(_CompiledGraph, tuple(inputs))
             first_id = next(recorder.storages._ids)

@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from ._budget import parse_budget
+from ._budget import parse_budget, warn_if_peak_is_a_lower_bound
 from ._state import ModelState, OptimizerState
 from .profiler import profile
 from .tables import format_bytes
@@ -106,6 +106,7 @@ class _Steps:
                 step()
         except torch.cuda.OutOfMemoryError:
             return None
+        warn_if_peak_is_a_lower_bound(prof, "max_batch")
         return int(max(prof.meta["peak_bytes"], prof.ops.peak_bytes.max()
                        if len(prof.ops) else 0))
 

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from ._budget import parse_budget
+from ._budget import parse_budget, warn_if_peak_is_a_lower_bound
 from ._census import Census
 from ._checkpointing import CheckpointHandle
 from ._plan_model import build_model
@@ -211,6 +211,7 @@ class _Runs:
 
 
 def _peak(prof: Any) -> int:
+    warn_if_peak_is_a_lower_bound(prof, "plan_checkpoints")
     rows = prof.ops.peak_bytes
     return int(max(prof.meta["peak_bytes"], rows.max() if len(rows) else 0))
 

@@ -313,6 +313,7 @@ class Profile:
             **rank_meta(self._rank_recorder, self._wall_ms),
             "other_threads": self._recorder.other_threads_note(),
             "compile": self._recorder.compiled.note,
+            "peak_is_lower_bound": self._recorder.compiled.unseen_buffers,
             "error": "" if self.error is None else f"{type(self.error).__name__}: {self.error}",
         }
 

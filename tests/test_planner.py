@@ -396,3 +396,36 @@ def test_plan_subcommand_on_a_script(tmp_path, capsys, monkeypatch):
 
     code = profiling_main(["plan", "--budget", "a lot", "examples/plan_train.py"])
     assert code == 2 and "cannot read 'a lot'" in capsys.readouterr().err
+
+
+def test_max_batch_warns_that_a_compiled_steps_cpu_peak_is_a_lower_bound():
+    # Inductor allocates its scratch buffers out of the profiler's sight on the CPU: the profiled
+    # peak falls below MemTracker's for the same step run eagerly, and max_batch says so
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 256), torch.nn.ReLU(),
+                                torch.nn.Linear(256, 32))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="inductor")
+
+    def make_step(batch_size, module=compiled):
+        x = torch.randn(batch_size, 32)
+
+        def step():
+            module(x).pow(2).mean().backward()
+            for parameter in model.parameters():
+                parameter.grad = None
+        return step
+
+    make_step(8)()  # compiled before max_batch runs it
+    tracker = MemTracker()
+    tracker.track_external(model)
+    with tracker:
+        make_step(64, model)()
+    eager_peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+    with profile("cpu", track=[model]) as prof:
+        make_step(64)()
+    assert prof.meta["peak_is_lower_bound"] and prof.ops.peak_bytes.max() < eager_peak
+    with pytest.warns(RuntimeWarning, match="lower bounds"):
+        max_batch(make_step, budget=eager_peak, start=8)

@@ -412,6 +412,7 @@ def test_an_aot_eager_steps_peak_on_the_cpu_equals_memtrackers():
         step(compiled)
     assert prof.ops.compiled.sum() == 2
     assert prof.ops.peak_bytes.max() == expected
+    assert not prof.meta["peak_is_lower_bound"]
 
 
 def test_a_compiled_submodule_and_an_aot_eager_inference_graph_keep_the_models_paths():
