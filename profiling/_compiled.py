@@ -20,11 +20,14 @@ How, on torch >= 2.9:
   `TORCH_LOGS` and torch.profiler print it; a graph break starts a new frame id), and the node's
   row `CompiledFunctionBackward[...]`. Its saved tensors go through `ctx.save_for_backward`, so
   the profiler's saved-tensor hooks count them, each storage once, as for eager ops.
-- On CUDA a compiled graph runs as it does without the profiler: with the profiler's dispatch
-  mode popped while it runs (when that mode is the innermost one), so its extern kernels
-  (`mm`, `addmm`, ...) take neither a Python call nor a dispatch mode's out-of-place paths; its
-  row's peak is the allocator's, which sees every buffer. On the CPU the mode stays on: the
-  storages it sees are the memory there.
+- On CUDA, and for Inductor's graphs anywhere, a compiled graph runs as it does without the
+  profiler: with the profiler's dispatch mode popped while it runs (when that mode is the
+  innermost one), so its extern kernels (`mm`, `addmm`, ...) take neither a Python call nor a
+  dispatch mode's out-of-place paths. On CUDA its row's peak is the allocator's, which sees
+  every buffer. On the CPU an `aot_eager` graph runs with the mode on (the storages it sees are
+  the memory there: its peak is exact); an Inductor graph's scratch buffers are out of sight
+  there anyway, so its peak is a lower bound and the profile says so
+  (`meta["peak_is_lower_bound"]`, the compile note).
 - A graph that needs no gradient (inputs without requires_grad, `torch.no_grad()`) is run by
   AOTAutograd without `CompiledFunction`. Inductor runs it through `CompiledFxGraph.__call__`,
   wrapped for the block: a `CompiledGraph[...]` row, forward only.
@@ -41,9 +44,8 @@ Limits: an inference graph of a backend without Inductor's code generation (`aot
 any graph of a backend that does not use AOTAutograd (`eager`, a backend returning
 `gm.forward`), run as aten ops: those ops keep their own rows (`compiled` False), which is what
 runs. On the CPU an Inductor graph's row counts the storages the graph was given, returned and
-saved and its extern kernels' outputs, not the scratch buffers it freed inside (Inductor
-allocates them without the dispatcher, `empty_strided_cpu`): its peak is a lower bound (on
-CUDA the allocator sees all).
+saved, not the buffers it freed inside (Inductor allocates them without the dispatcher,
+`empty_strided_cpu`): its peak is a lower bound (on CUDA the allocator sees all).
 Tensors an `autograd.Function` inside a graph keeps as `ctx` attributes (AOTAutograd's
 `_tensors_no_vc_check`) are not counted as saved, as in eager.
 """
@@ -182,14 +184,14 @@ _graph_names: weakref.WeakKeyDictionary[type, tuple[str, str]] = weakref.WeakKey
 
 
 @contextlib.contextmanager
-def _unprofiled_graph_run(recorder: Any) -> Iterator[None]:
-    """On CUDA, run a compiled graph as it runs without the profiler: with the profiler's
-    dispatch mode off (when it is the innermost mode), so that the graph's extern kernels take
-    no Python dispatch and no dispatch-mode slow path; the allocator's peak still sees every
-    buffer of the graph. Elsewhere the memory is the storages the mode sees, so it stays on:
-    an `aot_eager` graph's every allocation and an Inductor graph's extern kernels' outputs
-    count in the row's peak."""
-    mode = (None if recorder is None or recorder.stopped or not recorder.cuda
+def _unprofiled_graph_run(recorder: Any, inductor: bool = False) -> Iterator[None]:
+    """Run a compiled graph as it runs without the profiler: with the profiler's dispatch mode
+    off (when it is the innermost mode), so that the graph's extern kernels take no Python
+    dispatch and no dispatch-mode slow path. On CUDA, where the allocator's peak sees every
+    buffer of the graph; and for an Inductor graph anywhere (off CUDA its scratch buffers are
+    out of sight whatever the mode sees: its peak is a lower bound, and says so). Elsewhere the
+    memory is the storages the mode sees, so it stays on: an `aot_eager` graph's peak is exact."""
+    mode = (None if recorder is None or recorder.stopped or not (recorder.cuda or inductor)
             else recorder._mode)
     if mode is None or _current_dispatch_mode() is not mode:
         yield
@@ -374,14 +376,15 @@ class CompiledGraphs:
                 return call(graph, inputs)  # not this profile's
             if not recorder.cuda:  # its scratch buffers are allocated out of sight
                 graphs.unseen_buffers = True
-            if recorder._open is not None:
-                return call(graph, inputs)  # inside an open row
+            if recorder._open is not None:  # inside an open row (its CompiledFunction's, or
+                with _unprofiled_graph_run(recorder, inductor=True):  # its backward node's)
+                    return call(graph, inputs)
             name = _graph_name(sys._getframe(1))
             row = recorder.enter_function(_CompiledGraph, tuple(inputs))
             first_id = next(recorder.storages._ids)
             outputs = None
             try:
-                with _unprofiled_graph_run(recorder):
+                with _unprofiled_graph_run(recorder, inductor=True):
                     outputs = call(graph, inputs)  # boxed: it may empty `inputs`
             finally:
                 graphs._close_forward(row, name, None, outputs, first_id, "CompiledGraph")
