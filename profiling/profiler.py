@@ -349,7 +349,8 @@ class Profile:
 
 
 def profile(device: str | torch.device | None = None, *, command: str = "",
-            track: Iterable[object] = ()) -> Profile:
+            track: Iterable[object] | torch.nn.Module | torch.optim.Optimizer | torch.Tensor = (),
+            ) -> Profile:
     """Profile the code in a `with` block.
 
     `device` is the device whose memory `live_bytes`/`peak_bytes` report: on CUDA the caching
@@ -362,7 +363,20 @@ def profile(device: str | torch.device | None = None, *, command: str = "",
     optimizers, tensors) counts other storages that existed before the block from its start,
     like `MemTracker.track_external`. `command` is recorded in `meta`.
     """
+    if not isinstance(command, str):
+        raise TypeError(f"profile(): command must be a str, not {type(command).__name__}")
+    if isinstance(track, (torch.Tensor, torch.nn.Module, torch.optim.Optimizer)):
+        track = (track,)  # one thing to track, as MemTracker.track_external(model) takes it
+    if isinstance(track, (str, bytes)) or not isinstance(track, Iterable):
+        raise TypeError("profile(): track must be a module, an optimizer, a tensor, or an "
+                        f"iterable of them, not {type(track).__name__}")
+    track = tuple(track)
+    for item in track:
+        if not isinstance(item, (torch.Tensor, torch.nn.Module, torch.optim.Optimizer,
+                                 list, tuple, dict)):
+            raise TypeError("profile(): track takes modules, optimizers, tensors and lists, "
+                            f"tuples or dicts of them, not {type(item).__name__}")
     device = _default_device() if device is None else torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", cuda_index())  # under torchrun: the rank's (LOCAL_RANK)
-    return Profile(device, command=command, track=tuple(track))
+    return Profile(device, command=command, track=track)

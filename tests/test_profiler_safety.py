@@ -227,3 +227,20 @@ def test_a_saved_report_says_the_block_raised(tmp_path):
     assert "the block raised**: Boom: midway (a partial profile" in (
         folder / "summary.md").read_text()
     assert json.loads((folder / "profile.json").read_text())["meta"]["error"] == "Boom: midway"
+
+
+def test_track_takes_one_module_as_memtracker_does_and_rejects_what_holds_no_tensor():
+    model = torch.nn.Linear(64, 64)
+    x = torch.randn(4, 64)
+    peaks = []
+    for track in (model, [model]):
+        with profile("cpu", track=track) as prof:
+            model(x).sum()
+        peaks.append(prof.meta["peak_bytes"])
+    assert peaks[0] == peaks[1] >= (64 * 64 + 64) * 4  # the parameters count from the start
+    with pytest.raises(TypeError, match="track takes modules, optimizers, tensors"):
+        profile("cpu", track=[1, 2])
+    with pytest.raises(TypeError, match="track must be"):
+        profile("cpu", track="model")
+    with pytest.raises(TypeError, match="command must be a str"):
+        profile("cpu", command=5)
