@@ -276,7 +276,8 @@ class CompiledGraphs:
             warnings._filters_mutated()  # type: ignore[attr-defined]
         if self.calls:
             self.note = (f"{self.calls} compiled graph calls recorded (rows with compiled=True); "
-                         "eager parts of graphs with breaks have per-op rows")
+                         "ops outside the compiled graphs (a graph break's eager part, the loss "
+                         "after the model) have per-op rows")
         if self.unseen_buffers:
             self.note += ("; " if self.note else "") + (
                 "Inductor allocated its graphs' scratch buffers out of the profiler's sight "

@@ -139,7 +139,7 @@ def _diagnosis(root: int, nodes: set[int], registry: NodeRegistry, calls: Forwar
                         f"graph stays alive; {fix}")
             return (f"this graph chains {count}, each call's graph reaching the previous one's "
                     "through a tensor passed from one call to the next. If each call is an "
-                    "iteration (truncated BPTT, a carried RNN state), " + fix[0].upper() + fix[1:])
+                    "iteration (truncated BPTT, a carried RNN state), " + fix)
         if what:
             return (f"this graph joins {count}, combined after they ran (e.g. `total += loss` "
                     "across iterations), which keeps every call's graph alive. For a running "

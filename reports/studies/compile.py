@@ -132,10 +132,12 @@ def run(ctx: Context) -> Page:
         "backward, each once; for the compiled ways these are what the compiled graph saved "
         "(`compiled_saved_bytes` is the part saved by the profile's `compiled` rows; the rest "
         "is what the eager loss after the graph saves). *Peak* is the "
-        "profile's peak over the step, parameters and gradients included; on the CPU the "
-        "profiler does not see the scratch buffers Inductor allocates and frees inside its "
-        "kernels (CUDA's allocator does). *Step* is the median unprofiled step; the gradients "
-        "match eager's (`max_grad_difference`).")
+        "profile's peak over the step, parameters and gradients included. For `eager` and "
+        "`aot_eager` it is exact; for `inductor` on the CPU it is a lower bound "
+        "(`meta['peak_is_lower_bound']`): the profiler does not see the buffers Inductor "
+        "allocates and frees inside its graphs (CUDA's allocator does), so a lower inductor "
+        "peak here does not show that compiling lowered it. *Step* is the median unprofiled "
+        "step; the gradients match eager's (`max_grad_difference`).")
     page.table(ways, "ways", {"max_grad_difference": ".2e"})
     names = list(dict.fromkeys(ways.model))
     fig = bar_plot(names, {way: [float(ways[(ways.model == n) & (ways.way == way)].saved_bytes
