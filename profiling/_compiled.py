@@ -179,6 +179,7 @@ def _graph_name(frame: types.FrameType | None) -> tuple[str, str]:
 
 
 _TORCH_DIR = torch.__file__.rpartition("/")[0] + "/"
+_graph_task_id = torch._C._current_graph_task_id
 # CompiledFunction class -> its graph's (name, module class): one graph, one name, in every block
 _graph_names: weakref.WeakKeyDictionary[type, tuple[str, str]] = weakref.WeakKeyDictionary()
 
@@ -380,7 +381,14 @@ class CompiledGraphs:
             if recorder._open is not None:  # inside an open row (its CompiledFunction's, or
                 with _unprofiled_graph_run(recorder, inductor=True):  # its backward node's)
                     return call(graph, inputs)
-            name = _graph_name(sys._getframe(1))
+            node = torch._C._current_autograd_node() if _graph_task_id() != -1 else None
+            forward_cls = getattr(type(node), "_forward_cls", None)
+            if forward_cls is not None:  # the backward of a graph whose node has no row here
+                kind = "CompiledFunctionBackward"  # (its forward ran before the block)
+                name = _graph_names.get(forward_cls) if forward_cls in graphs._ran else None
+                name = name or ("graph", "")
+            else:
+                kind, name = "CompiledGraph", _graph_name(sys._getframe(1))
             row = recorder.enter_function(_CompiledGraph, tuple(inputs))
             first_id = next(recorder.storages._ids)
             outputs = None
@@ -388,7 +396,7 @@ class CompiledGraphs:
                 with _unprofiled_graph_run(recorder, inductor=True):
                     outputs = call(graph, inputs)  # boxed: it may empty `inputs`
             finally:
-                graphs._close_forward(row, name, None, outputs, first_id, "CompiledGraph")
+                graphs._close_forward(row, name, None, outputs, first_id, kind)
             return outputs
 
         return run_compiled_graph

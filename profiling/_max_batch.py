@@ -86,13 +86,35 @@ class _Steps:
 
     def warm_up(self, batch_size: int) -> None:
         step = self._make(batch_size)
-        handles = [register_module_forward_pre_hook(self._model_seen),
-                   register_optimizer_step_pre_hook(self._optimizer_seen)]
+        handles: list[Any] = []
+
+        def watch(*_: Any) -> None:
+            handles[:] = [register_module_forward_pre_hook(self._model_seen),
+                          register_optimizer_step_pre_hook(self._optimizer_seen)]
+
+        def unwatch(*_: Any) -> None:
+            for handle in handles:
+                handle.remove()
+            handles.clear()
+
+        # A model compiled in this first step must not trace the hooks (Dynamo would compile
+        # them into its graph, and fail on their bookkeeping): out while Dynamo compiles, as
+        # the profiler's own hooks are.
+        from torch._dynamo import callback_handler
+
+        callback_handler.register_start_callback(unwatch)
+        callback_handler.register_end_callback(watch)
+        watch()
         try:
             step()
         finally:
-            for handle in handles:
-                handle.remove()
+            unwatch()
+            for remove, callback in ((callback_handler.remove_start_callback, unwatch),
+                                     (callback_handler.remove_end_callback, watch)):
+                try:
+                    remove(callback)
+                except ValueError:
+                    pass  # torch._dynamo.reset() in the step cleared the callbacks already
         if not self.models:
             raise ValueError(f"make_step({batch_size})() ran no nn.Module: max_batch measures a "
                              f"training step of a model")

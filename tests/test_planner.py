@@ -429,3 +429,35 @@ def test_max_batch_warns_that_a_compiled_steps_cpu_peak_is_a_lower_bound():
     assert prof.meta["peak_is_lower_bound"] and prof.ops.peak_bytes.max() < eager_peak
     with pytest.warns(RuntimeWarning, match="lower bounds"):
         max_batch(make_step, budget=eager_peak, start=8)
+
+
+def test_max_batch_on_a_model_first_compiled_inside_it():
+    # The compile happens in max_batch's warm-up step: its hooks stay out of Dynamo's trace.
+    # aot_eager's CPU peak is exact, so the answer is the uncompiled model's.
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    def make_step_for(compile_it: bool):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(32, 256), torch.nn.ReLU(),
+                                    torch.nn.Linear(256, 32))
+        backend = CompileCounterWithBackend("aot_eager")
+        run = torch.compile(model, backend=backend) if compile_it else model
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+
+        def make_step(batch_size):
+            x = torch.randn(batch_size, 32)
+
+            def step():
+                optimizer.zero_grad()
+                run(x).pow(2).mean().backward()
+                optimizer.step()
+            return step
+        return make_step, backend
+
+    torch._dynamo.reset()
+    compiled_steps, backend = make_step_for(True)
+    compiled = max_batch(compiled_steps, budget="400KiB", start=8)
+    eager = max_batch(make_step_for(False)[0], budget="400KiB", start=8)
+    assert backend.frame_count >= 1  # it ran compiled
+    assert (compiled.batch_size, compiled.measured_peak) == (eager.batch_size,
+                                                             eager.measured_peak)

@@ -436,3 +436,18 @@ def test_a_compiled_submodule_and_an_aot_eager_inference_graph_keep_the_models_p
     assert "MLP.net.2" in modules
     assert not any("_orig_mod" in m or "<lambda>" in m for m in modules)
     assert all(m == "MLP" or m.startswith("MLP.") for m in set(prof.modules.module) - {""})
+
+
+def test_an_inductor_backward_whose_forward_ran_before_the_block_is_a_compiled_backward_row():
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: (x.sin() * x).sum(), backend="inductor")
+    x = torch.randn(64, requires_grad=True)
+    compiled(x).backward()
+    loss = compiled(x)
+    x.grad = None
+    with profile("cpu") as prof:
+        loss.backward()
+    assert torch.allclose(x.grad, x.detach().sin() + x.detach() * x.detach().cos())
+    rows = compiled_rows(prof)
+    assert list(rows.op) == ["CompiledFunctionBackward[graph]"]
+    assert list(rows.phase) == ["backward"]
