@@ -41,7 +41,9 @@ What the numbers mean:
   thread training at the same time changes none of its rows, except, on CUDA, the allocator's
   live and peak bytes (see above).
 - `time_ms`: host time of the call; on CUDA kernels run asynchronously, so it is launch time
-  unless the code synchronizes.
+  unless the code synchronizes. A compiled function first called in the block compiles
+  there: its first rows include the compile (Inductor compiles a backward at its first
+  call), so warm up outside the block to time the compiled code alone.
 - A custom `autograd.Function` is one row under its class name (the ops inside it folded in);
   a backward node is one row from its pre-hook to the next node's (see `_recorder`).
 - torch.compile'd code runs compiled in the block: a row per compiled graph call and one per

@@ -36,6 +36,7 @@ def chrome_trace(prof: Any) -> dict:
                 "input_shapes": str(row.input_shapes), "dtype": str(row.dtype),
                 "saved_bytes": int(row.saved_bytes), "saved_new_bytes": int(row.saved_new_bytes),
                 "live_bytes": int(row.live_bytes), "peak_bytes": int(row.peak_bytes),
+                "compiled": bool(getattr(row, "compiled", False)),
             },
         })
     for row in timeline.itertuples(index=False):

@@ -9,6 +9,7 @@ them), both fast on the CPU.
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -100,6 +101,9 @@ def test_compiled_rows_survive_the_json_and_csv_round_trip(tmp_path):
     from_csv = pd.read_csv(folder / "ops.csv")
     assert from_csv.compiled.tolist() == prof.ops.compiled.tolist()
     assert prof.ops.compiled.sum() == 2 and loaded.meta["compile"] == prof.meta["compile"]
+    slices = [e for e in json.loads((folder / "trace.json").read_text())["traceEvents"]
+              if e["ph"] == "X"]
+    assert [e["args"]["compiled"] for e in slices] == prof.ops.compiled.tolist()
 
 
 def test_compiled_saved_bytes_equal_an_independent_count_where_eager_saves_more():
