@@ -59,7 +59,7 @@ import sys
 import types
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from threading import get_ident as _thread
 from typing import Any
 
@@ -145,6 +145,27 @@ def keep_dynamo_out() -> None:
                                        else skip_all)
 
 
+def around_compiles(on_start: Callable[[Any], None], on_end: Callable[[Any], None],
+                    ) -> Callable[[], None]:
+    """Call `on_start` when Dynamo starts compiling a frame and `on_end` when it is done (to take
+    global hooks out of its sight meanwhile); returns what removes the two callbacks, safe to
+    call after `torch._dynamo.reset()` has cleared them."""
+    from torch._dynamo import callback_handler
+
+    callback_handler.register_start_callback(on_start)
+    callback_handler.register_end_callback(on_end)
+
+    def remove() -> None:
+        for remove_callback, callback in ((callback_handler.remove_start_callback, on_start),
+                                          (callback_handler.remove_end_callback, on_end)):
+            try:
+                remove_callback(callback)
+            except ValueError:
+                pass  # torch._dynamo.reset() cleared the callbacks already
+
+    return remove
+
+
 def _is_compiled_function(cls: type) -> bool:
     return cls.__name__ == "CompiledFunction" and cls.__module__.startswith("torch._functorch")
 
@@ -223,6 +244,7 @@ class CompiledGraphs:
         self._apply_in_block: Any = None
         self._inductor_call: Any = None  # CompiledFxGraph.__call__ before the block
         self._filter: tuple | None = None
+        self._remove_callbacks: Callable[[], None] | None = None
         self._started = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -239,16 +261,13 @@ class CompiledGraphs:
             OpDispatcher.compiled_code_runs_compiled = False
 
     def _install(self) -> None:
-        from torch._dynamo import callback_handler
-
         self._started = True
         keep_dynamo_out()
         # torch warns at each call of a torch.compile(module) that global module hooks exist
         warnings.filterwarnings("ignore", message=re.escape(_GLOBAL_HOOK_WARNING),
                                 category=UserWarning)
         self._filter = warnings.filters[0]
-        callback_handler.register_start_callback(self._compile_started)
-        callback_handler.register_end_callback(self._compile_ended)
+        self._remove_callbacks = around_compiles(self._compile_started, self._compile_ended)
         self._wrap_new_classes()
 
     def stop(self) -> None:
@@ -256,14 +275,9 @@ class CompiledGraphs:
         if not self._started:
             return
         self._started = False
-        from torch._dynamo import callback_handler
-
-        for remove, callback in ((callback_handler.remove_start_callback, self._compile_started),
-                                 (callback_handler.remove_end_callback, self._compile_ended)):
-            try:
-                remove(callback)
-            except ValueError:
-                pass  # torch._dynamo.reset() cleared the callbacks already
+        if self._remove_callbacks is not None:
+            self._remove_callbacks()
+            self._remove_callbacks = None
         self._restore_hidden()
         if self._inductor_call is not None:
             sys.modules["torch._inductor.output_code"].CompiledFxGraph.__call__ = (

@@ -27,6 +27,7 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from ._budget import parse_budget, warn_if_peak_is_a_lower_bound
+from ._compiled import around_compiles
 from ._state import ModelState, OptimizerState
 from .profiler import profile
 from .tables import format_bytes
@@ -100,21 +101,13 @@ class _Steps:
         # A model compiled in this first step must not trace the hooks (Dynamo would compile
         # them into its graph, and fail on their bookkeeping): out while Dynamo compiles, as
         # the profiler's own hooks are.
-        from torch._dynamo import callback_handler
-
-        callback_handler.register_start_callback(unwatch)
-        callback_handler.register_end_callback(watch)
+        remove_callbacks = around_compiles(unwatch, watch)
         watch()
         try:
             step()
         finally:
             unwatch()
-            for remove, callback in ((callback_handler.remove_start_callback, unwatch),
-                                     (callback_handler.remove_end_callback, watch)):
-                try:
-                    remove(callback)
-                except ValueError:
-                    pass  # torch._dynamo.reset() in the step cleared the callbacks already
+            remove_callbacks()
         if not self.models:
             raise ValueError(f"make_step({batch_size})() ran no nn.Module: max_batch measures a "
                              f"training step of a model")

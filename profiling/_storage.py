@@ -113,32 +113,34 @@ class StorageTracker:
         ref.nbytes = nbytes
         self._grow(ref.device, change)
 
+    def lookup(self, tensor: Tensor) -> tuple[_StorageRef | None, torch.UntypedStorage | None]:
+        """(its record, None) for a storage tracked already, (None, the storage) for one not
+        seen yet, (None, None) for a tensor without storage. The address comes first: no Python
+        storage object for a known one. (`Recorder.on_op` inlines the same steps.)"""
+        try:
+            ref = self.refs.get(storage_address(tensor))
+            return ref, None if ref is not None else tensor.untyped_storage()
+        except NO_STORAGE:  # also where only `untyped_storage` says so (__torch_function__)
+            return None, None
+
     def track(self, tensor: torch.Tensor, created: bool) -> _StorageRef | None:
         """The record of `tensor`'s storage, tracking it if new (None: it has no storage). A
         wrapper subclass's inner tensors are all tracked; the record is its largest one's."""
         if type(tensor) is not Tensor and is_wrapper_subclass(tensor):
             refs = [self.track(inner, created) for inner in plain_tensors([tensor])]
             return max((r for r in refs if r is not None), key=lambda r: r.nbytes, default=None)
-        try:
-            ref = self.refs.get(storage_address(tensor))
-            if ref is not None:
-                return ref
-            storage = tensor.untyped_storage()
-        except NO_STORAGE:
-            return None
+        ref, storage = self.lookup(tensor)
+        if storage is None:
+            return ref
         return self.add(storage, storage._cdata, created)
 
     def track_all(self, tensors: list[torch.Tensor], created: bool) -> int:
         """Track each tensor's storage; the bytes of those not seen before."""
-        refs, new_bytes = self.refs, 0
+        new_bytes = 0
         for tensor in plain_tensors(tensors):
-            try:
-                if storage_address(tensor) in refs:
-                    continue
-                storage = tensor.untyped_storage()
-            except NO_STORAGE:
-                continue
-            new_bytes += self.add(storage, storage._cdata, created).nbytes
+            _, storage = self.lookup(tensor)
+            if storage is not None:
+                new_bytes += self.add(storage, storage._cdata, created).nbytes
         return new_bytes
 
     def track_output(self, out: Any) -> int:
@@ -147,13 +149,8 @@ class StorageTracker:
         if isinstance(out, Tensor):
             if type(out) is not Tensor and is_wrapper_subclass(out):
                 return self.track_all([out], True)
-            try:
-                if storage_address(out) in self.refs:
-                    return 0
-                storage = out.untyped_storage()
-            except NO_STORAGE:
-                return 0
-            return self.add(storage, storage._cdata, True).nbytes
+            _, storage = self.lookup(out)
+            return 0 if storage is None else self.add(storage, storage._cdata, True).nbytes
         if isinstance(out, (tuple, list)):
             return self.track_all(tensors_in(out), True)
         return 0
@@ -166,11 +163,9 @@ class StorageTracker:
         raised = []
         rows_now = len(self.rows)
         for tensor in plain_tensors(tensors):
-            try:
-                ref = self.refs.get(storage_address(tensor))
-                storage = tensor.untyped_storage() if ref is None else None
-            except NO_STORAGE:  # also where only `untyped_storage` says so (__torch_function__)
-                continue
+            ref, storage = self.lookup(tensor)
+            if ref is None and storage is None:
+                continue  # no storage
             if ref is None:
                 address = storage._cdata
                 # every moment before now lacked it: the peak so far rises by its size too
