@@ -129,6 +129,12 @@ def apply_plan(model: nn.Module, plan: CheckpointPlan | str | Path | Iterable[st
 # ----------------------------------------------------------------------------- running steps
 
 
+_COMPILED = ("plan_checkpoints plans an uncompiled model: under torch.compile its submodules' "
+             "forwards are inlined into the compiled graph (no call to checkpoint), and what to "
+             "recompute is the compiler's choice (torch._functorch.config."
+             "activation_memory_budget; see reports/compile.md).")
+
+
 def _device_of(model: nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
@@ -256,6 +262,9 @@ def plan_checkpoints(step: Callable[[], Any], model: nn.Module, budget: int | fl
         raise TypeError(f"step must be a zero-argument callable, not {type(step).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    if type(model).__name__ == "OptimizedModule":
+        raise ValueError(_COMPILED + " Pass the model itself (`model._orig_mod`) and a step "
+                         "that runs it uncompiled")
     budget = parse_budget(budget)
     if next(model.children(), None) is None:
         raise ValueError(f"{type(model).__name__} has no submodules: there is nothing to "
@@ -276,8 +285,10 @@ def _plan(runs: _Runs, budget: int, repeat: int, retries: int) -> CheckpointPlan
     census = Census([(type(model).__name__, model)], cuda_events=runs.device.type == "cuda")
     baseline = runs.profiled([], census)
     if not census.calls:
+        compiled = baseline.ops.compiled.any()
         raise ValueError(f"step() never called {type(model).__name__}'s forward: nothing to "
-                         f"plan")
+                         f"plan" + (f". {_COMPILED} Plan a step that runs the model uncompiled"
+                                    if compiled else ""))
     baseline_peak = _peak(baseline)
     peaks = build_model(baseline.ops, census, runs.forward_ms(repeat))
     floor, _ = peaks.floor()

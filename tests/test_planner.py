@@ -461,3 +461,22 @@ def test_max_batch_on_a_model_first_compiled_inside_it():
     assert backend.frame_count >= 1  # it ran compiled
     assert (compiled.batch_size, compiled.measured_peak) == (eager.batch_size,
                                                              eager.measured_peak)
+
+
+def test_a_compiled_model_gets_a_clear_error_not_a_wrong_plan():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 16))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager")
+    x = torch.randn(8, 16)
+
+    def step():
+        compiled(x).pow(2).mean().backward()
+        for parameter in model.parameters():
+            parameter.grad = None
+
+    step()
+    with pytest.raises(ValueError, match="plans an uncompiled model.*model._orig_mod"):
+        plan_checkpoints(step, compiled, budget="1MiB")
+    with pytest.raises(ValueError, match="never called Sequential's forward.*uncompiled model"):
+        plan_checkpoints(step, model, budget="1MiB")
