@@ -170,33 +170,54 @@ def _is_compiled_function(cls: type) -> bool:
     return cls.__name__ == "CompiledFunction" and cls.__module__.startswith("torch._functorch")
 
 
+def _dynamo_frame(frame: types.FrameType | None) -> tuple[types.FrameType | None, Any]:
+    """The Dynamo frame above `frame` (running a compiled function's code), and the code it
+    was compiled from; (None, None) outside compiled code."""
+    from torch._dynamo.utils import orig_code_map
+
+    while frame is not None and orig_code_map.get(frame.f_code) is None:
+        frame = frame.f_back
+    return (None, None) if frame is None else (frame, orig_code_map.get(frame.f_code))
+
+
+def _local_of(frame: types.FrameType, names: tuple[str, ...], kind: type) -> Any:
+    """The first of the frame's locals `names` that is a `kind`, without keeping the frame's
+    locals alive."""
+    values = frame.f_locals
+    try:
+        return next((v for k, v in values.items() if k in names and isinstance(v, kind)), None)
+    finally:
+        if sys.version_info < (3, 13):
+            values.clear()  # the snapshot would keep the frame's locals alive
+
+
 def _graph_name(frame: types.FrameType | None) -> tuple[str, str]:
     """(name, module class) of the compiled graph that the Dynamo frame above `frame` runs:
     its function's qualified name (the module's class for torch's own wrappers, e.g. of
     `module.compile()`) and Dynamo's compile id."""
     from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
-    from torch._dynamo.utils import orig_code_map
 
-    while frame is not None and orig_code_map.get(frame.f_code) is None:
-        frame = frame.f_back
+    frame, original = _dynamo_frame(frame)
     if frame is None:
         return "graph", ""
-    original = orig_code_map.get(frame.f_code)
     compile_id = next((str(entry.compile_id) for entry in _debug_get_cache_entry_list(original)
                        if entry.code is frame.f_code), "?")
     name = getattr(original, "co_qualname", original.co_name)
     module_class = ""
     if original.co_filename.startswith(_TORCH_DIR):  # Module._call_impl, wrap_inline's inner
-        names = frame.f_locals
-        try:
-            owner = next((v for k, v in names.items() if k in ("self", "fn", "mod")
-                          and isinstance(v, torch.nn.Module)), None)
-        finally:
-            if sys.version_info < (3, 13):
-                names.clear()  # the snapshot would keep the frame's locals alive
+        owner = _local_of(frame, ("self", "fn", "mod"), torch.nn.Module)
         if owner is not None:
             module_class = name = type(owner).__name__
     return f"{name} {compile_id}", module_class
+
+
+def _stepping_optimizer(frame: types.FrameType | None) -> torch.optim.Optimizer | None:
+    """The optimizer whose compiled `step` (`torch.compile(optimizer.step)`) the Dynamo frame
+    above `frame` runs: its step pre-hooks and profiler markers were compiled away."""
+    frame, original = _dynamo_frame(frame)
+    if frame is None or not original.co_name == "step":
+        return None
+    return _local_of(frame, ("self",), torch.optim.Optimizer)
 
 
 _TORCH_DIR = torch.__file__.rpartition("/")[0] + "/"
@@ -403,14 +424,24 @@ class CompiledGraphs:
                 name = name or ("graph", "")
             else:
                 kind, name = "CompiledGraph", _graph_name(sys._getframe(1))
-            row = recorder.enter_function(_CompiledGraph, tuple(inputs))
-            first_id = next(recorder.storages._ids)
-            outputs = None
+            # a compiled optimizer step: its state counts from the block's start, its row is in
+            # the optimizer phase, as for a step run eagerly
+            optimizer = None if node is not None else _stepping_optimizer(sys._getframe(1))
+            if optimizer is not None:
+                recorder._optimizer_step(optimizer, (), {})
+                recorder._steps += 1
             try:
-                with _unprofiled_graph_run(recorder, inductor=True):
-                    outputs = call(graph, inputs)  # boxed: it may empty `inputs`
+                row = recorder.enter_function(_CompiledGraph, tuple(inputs))
+                first_id = next(recorder.storages._ids)
+                outputs = None
+                try:
+                    with _unprofiled_graph_run(recorder, inductor=True):
+                        outputs = call(graph, inputs)  # boxed: it may empty `inputs`
+                finally:
+                    graphs._close_forward(row, name, None, outputs, first_id, kind)
             finally:
-                graphs._close_forward(row, name, None, outputs, first_id, kind)
+                if optimizer is not None:
+                    recorder._steps -= 1
             return outputs
 
         return run_compiled_graph

@@ -455,3 +455,30 @@ def test_an_inductor_backward_whose_forward_ran_before_the_block_is_a_compiled_b
     rows = compiled_rows(prof)
     assert list(rows.op) == ["CompiledFunctionBackward[graph]"]
     assert list(rows.phase) == ["backward"]
+
+
+def test_a_compiled_optimizer_step_is_in_the_optimizer_phase_with_its_state_from_the_start():
+    # torch.compile(optimizer.step) compiles away the step's pre-hooks and profiler markers:
+    # its row still belongs to the optimizer phase, and Adam's state counts from the block's
+    # start, as with the eager step (whose accounting equals MemTracker's elsewhere)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(8, 16)
+    torch._dynamo.reset()
+    compiled_step = torch.compile(optimizer.step)
+
+    def step(stepper):
+        model(x).pow(2).mean().backward()
+        stepper()
+        optimizer.zero_grad()
+
+    step(compiled_step)
+    with profile("cpu") as eager:
+        step(optimizer.step)
+    with profile("cpu") as compiled:
+        step(compiled_step)
+    rows = compiled_rows(compiled)
+    assert len(rows) == 1 and rows.op.iloc[0].startswith("CompiledGraph[Adam.step")
+    assert rows.phase.iloc[0] == "optimizer"
+    assert compiled.ops.live_bytes.iloc[0] == eager.ops.live_bytes.iloc[0]
