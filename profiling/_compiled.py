@@ -285,9 +285,11 @@ class CompiledGraphs:
         self._started = True
         keep_dynamo_out()
         # torch warns at each call of a torch.compile(module) that global module hooks exist
+        before = list(warnings.filters)
         warnings.filterwarnings("ignore", message=re.escape(_GLOBAL_HOOK_WARNING),
                                 category=UserWarning)
-        self._filter = warnings.filters[0]
+        # an enclosing profile's identical filter is moved, not copied: leave it to that one
+        self._filter = None if warnings.filters[0] in before else warnings.filters[0]
         self._remove_callbacks = around_compiles(self._compile_started, self._compile_ended)
         self._wrap_new_classes()
 
@@ -307,7 +309,7 @@ class CompiledGraphs:
         for cls, (forward, backward) in self._wrapped.items():
             cls.forward, cls.backward = forward, backward
         self._wrapped.clear()
-        if self._filter in warnings.filters:
+        if self._filter is not None and self._filter in warnings.filters:
             warnings.filters.remove(self._filter)
             warnings._filters_mutated()  # type: ignore[attr-defined]
         if self.calls:

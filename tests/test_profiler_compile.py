@@ -482,3 +482,20 @@ def test_a_compiled_optimizer_step_is_in_the_optimizer_phase_with_its_state_from
     assert len(rows) == 1 and rows.op.iloc[0].startswith("CompiledGraph[Adam.step")
     assert rows.phase.iloc[0] == "optimizer"
     assert compiled.ops.live_bytes.iloc[0] == eager.ops.live_bytes.iloc[0]
+
+
+def test_a_profile_inside_another_leaves_the_outer_ones_warning_filter():
+    # torch warns at each call of a compiled module while global module hooks exist; each
+    # profile filters that warning for its block, and an inner block's end must not take the
+    # outer block's filter with it
+    torch._dynamo.reset()
+    model = torch.compile(torch.nn.Linear(4, 4), backend="aot_eager")
+    x = torch.randn(2, 4)
+    model(x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with profile("cpu"):
+            with profile("cpu"):
+                model(x)
+            model(x)  # the outer profile's hooks are still set
+    assert not [w for w in caught if "global hooks" in str(w.message)]
