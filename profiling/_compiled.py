@@ -191,13 +191,12 @@ def _local_of(frame: types.FrameType, names: tuple[str, ...], kind: type) -> Any
             values.clear()  # the snapshot would keep the frame's locals alive
 
 
-def _graph_name(frame: types.FrameType | None) -> tuple[str, str]:
-    """(name, module class) of the compiled graph that the Dynamo frame above `frame` runs:
-    its function's qualified name (the module's class for torch's own wrappers, e.g. of
-    `module.compile()`) and Dynamo's compile id."""
+def _graph_name(frame: types.FrameType | None, original: Any) -> tuple[str, str]:
+    """(name, module class) of the compiled graph that the Dynamo frame `frame` (compiled from
+    the code `original`, see `_dynamo_frame`) runs: its function's qualified name (the module's
+    class for torch's own wrappers, e.g. of `module.compile()`) and Dynamo's compile id."""
     from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
 
-    frame, original = _dynamo_frame(frame)
     if frame is None:
         return "graph", ""
     compile_id = next((str(entry.compile_id) for entry in _debug_get_cache_entry_list(original)
@@ -211,11 +210,11 @@ def _graph_name(frame: types.FrameType | None) -> tuple[str, str]:
     return f"{name} {compile_id}", module_class
 
 
-def _stepping_optimizer(frame: types.FrameType | None) -> torch.optim.Optimizer | None:
+def _stepping_optimizer(frame: types.FrameType | None, original: Any,
+                        ) -> torch.optim.Optimizer | None:
     """The optimizer whose compiled `step` (`torch.compile(optimizer.step)`) the Dynamo frame
-    above `frame` runs: its step pre-hooks and profiler markers were compiled away."""
-    frame, original = _dynamo_frame(frame)
-    if frame is None or not original.co_name == "step":
+    `frame` runs: its step pre-hooks and profiler markers were compiled away."""
+    if frame is None or original.co_name != "step":
         return None
     return _local_of(frame, ("self",), torch.optim.Optimizer)
 
@@ -388,7 +387,7 @@ class CompiledGraphs:
                 return forward(ctx, *args)
             name = _graph_names.get(cls)
             if name is None:
-                name = _graph_names[cls] = _graph_name(sys._getframe(1))
+                name = _graph_names[cls] = _graph_name(*_dynamo_frame(sys._getframe(1)))
             graphs._ran.add(cls)
             row = recorder.enter_function(cls, args)
             # storages seen from here on were made by the graph (ids only grow)
@@ -420,15 +419,17 @@ class CompiledGraphs:
                     return call(graph, inputs)
             node = torch._C._current_autograd_node() if _graph_task_id() != -1 else None
             forward_cls = getattr(type(node), "_forward_cls", None)
+            optimizer = None
             if forward_cls is not None:  # the backward of a graph whose node has no row here
                 kind = "CompiledFunctionBackward"  # (its forward ran before the block)
                 name = _graph_names.get(forward_cls) if forward_cls in graphs._ran else None
                 name = name or ("graph", "")
             else:
-                kind, name = "CompiledGraph", _graph_name(sys._getframe(1))
-            # a compiled optimizer step: its state counts from the block's start, its row is in
-            # the optimizer phase, as for a step run eagerly
-            optimizer = None if node is not None else _stepping_optimizer(sys._getframe(1))
+                kind, dynamo_frame = "CompiledGraph", _dynamo_frame(sys._getframe(1))
+                name = _graph_name(*dynamo_frame)
+                if node is None:  # a compiled optimizer step: its state counts from the
+                    # block's start, its row is in the optimizer phase, as for an eager step
+                    optimizer = _stepping_optimizer(*dynamo_frame)
             if optimizer is not None:
                 recorder._optimizer_step(optimizer, (), {})
                 recorder._steps += 1
